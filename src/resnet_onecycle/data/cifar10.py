@@ -1,0 +1,158 @@
+"""CIFAR-10 as uint8 tensors in memory, served in batches by index, augmented on the batch's device."""
+
+from __future__ import annotations
+
+from resnet_onecycle.errors import ConfigError
+
+import math
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+
+from resnet_onecycle.data.augment import augment, normalize
+from resnet_onecycle.data.cache import load_cached
+from resnet_onecycle.data.sources import CLASSES
+
+
+class Batches:
+    """Batches sliced out of in-memory tensors by index: no collate, no worker processes.
+
+    Lightning reads `len()` for the number of steps. With `world_size` > 1 every process takes
+    its share of the same global batch, so steps per epoch do not depend on the process count.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+        seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:  # the order depends on (seed, epoch) only, so a resumed run sees the same batches
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+            order = torch.randperm(n, generator=generator).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size][self.rank::self.world_size]
+            yield self.images[index], self.labels[index]
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """`source`: `download`, or a folder / .tar.gz (see `resnet_onecycle.data.sources`).
+
+    `val_size` 0 validates on the official test split (as the seed reports test accuracy per
+    epoch); N > 0 holds out N training images instead. `subset` / `test_subset` keep a fixed
+    random sample of N training / test images for quick runs. `on_device` keeps the uint8
+    dataset on the accelerator, so no batch crosses PCIe.
+    """
+
+    classes = CLASSES
+
+    def __init__(
+        self,
+        source: str = "download",
+        data_dir: str = "data",
+        batch_size: int = 512,
+        eval_batch_size: int | None = None,
+        crop_padding: int = 4,
+        padding_mode: str = "reflect",
+        flip: bool = True,
+        cutout_size: int = 8,
+        val_size: int = 0,
+        subset: int | None = None,
+        test_subset: int | None = None,
+        on_device: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value, low in (
+            ("batch_size", batch_size, 1), ("crop_padding", crop_padding, 0), ("cutout_size", cutout_size, 0),
+            ("val_size", val_size, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"data.{key}={value!r} must be a whole number >= {low}.")
+        for key, value in (("eval_batch_size", eval_batch_size), ("subset", subset), ("test_subset", test_subset)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"data.{key}={value!r} must be null or a whole number >= 1.")
+        if cutout_size > 32:
+            raise ConfigError(f"data.cutout_size={cutout_size} is larger than the 32x32 image; use 0..32 (0 turns it off).")
+        if padding_mode not in ("reflect", "constant", "replicate"):
+            raise ConfigError(f"data.padding_mode={padding_mode!r}: use reflect, constant or replicate.")
+        self.save_hyperparameters(logger=False)
+        self.source, self.data_dir = str(source), str(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        load_cached(self.source, self.data_dir)  # decodes the source into the cache once
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        cached, _, _ = load_cached(self.source, self.data_dir)
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.seed)
+        train_x, train_y = torch.from_numpy(cached["train"].images), torch.from_numpy(cached["train"].labels)
+        test_x, test_y = torch.from_numpy(cached["test"].images), torch.from_numpy(cached["test"].labels)
+        if hp.val_size:
+            if hp.val_size >= len(train_y):
+                raise ConfigError(f"data.val_size={hp.val_size} leaves no training images out of {len(train_y)}.")
+            order = torch.randperm(len(train_y), generator=generator)
+            val_x, val_y = train_x[order[: hp.val_size]], train_y[order[: hp.val_size]]
+            train_x, train_y = train_x[order[hp.val_size:]], train_y[order[hp.val_size:]]
+        if hp.subset:
+            train_x, train_y = sample(train_x, train_y, hp.subset, generator, "subset")
+        if hp.test_subset:
+            test_x, test_y = sample(test_x, test_y, hp.test_subset, generator, "test_subset")
+        if not hp.val_size:
+            val_x, val_y = test_x, test_y
+        self.splits = {"train": (train_x, train_y), "val": (val_x, val_y), "test": (test_x, test_y)}
+
+    def batches(self, split: str) -> Batches:
+        images, labels = self.splits[split]
+        trainer = self.trainer
+        if trainer is not None and self.hparams.on_device and images.device != trainer.strategy.root_device:
+            images, labels = images.to(trainer.strategy.root_device), labels.to(trainer.strategy.root_device)
+            self.splits[split] = (images, labels)
+        train = split == "train"
+        return Batches(
+            images, labels, self.batch_size if train else self.eval_batch_size, shuffle=train,
+            seed=self.hparams.seed, epoch=lambda: trainer.current_epoch if trainer is not None else 0,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    def train_dataloader(self) -> Batches:
+        return self.batches("train")
+
+    def val_dataloader(self) -> Batches:
+        return self.batches("val")
+
+    def test_dataloader(self) -> Batches:
+        return self.batches("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not isinstance(batch, (list, tuple)):
+            return batch  # the model's example input (summary, graph), not a dataset batch
+        images, labels = batch
+        images = normalize(images)
+        if self.trainer is not None and self.trainer.training:
+            hp = self.hparams
+            images = augment(images, hp.crop_padding, hp.flip, hp.cutout_size, hp.padding_mode)
+        return images, labels
+
+
+def sample(images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator, key: str):
+    if n > len(labels):
+        raise ConfigError(f"data.{key}={n} is larger than the {len(labels)} images available.")
+    keep = torch.randperm(len(labels), generator=generator)[:n]
+    return images[keep], labels[keep]

@@ -1,0 +1,98 @@
+"""The LightningModule: cross-entropy, SGD and the one-cycle LR stepped every batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class MixedResNetModule(L.LightningModule):
+    """Wraps a plain `nn.Module` classifier.
+
+    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`): the optimizer gets the
+    parameters, the scheduler gets the optimizer plus `total_steps` and `steps_per_epoch`,
+    which only the Trainer knows (`estimated_stepping_batches`), so a sweep over epochs or
+    batch size never makes OneCycleLR step past its end.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
+        num_classes: int = 10,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net"])
+        self.net = net
+        self.example_input_array = torch.zeros(2, 3, 32, 32)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")
+        })
+        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")})
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
+        self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    # --- memory format and compilation ------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        # channels_last is faster on both sides here: 2.2x (width 0.25) and 1.4x (width 1.0) per
+        # training step on a 2-core CPU, and it is what cuDNN's bf16 convolutions want.
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and self.compiled_forward is None:
+            # Compile the bound forward, not the module, so checkpoints keep plain parameter names.
+            self.compiled_forward = torch.compile(self.net.forward)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return (self.compiled_forward or self.net)(images)
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        # Metric objects accumulate on the device; nothing here waits for the GPU.
+        self.losses[f"{stage}_loss"](loss.detach(), weight=len(labels))
+        self.metrics[f"{stage}_acc"](logits.detach(), labels)
+        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.metrics["val_acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.step(batch, "test")
+
+    # --- optimizer and schedule ------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = self.hparams.optimizer(params=self.parameters())
+        trainer = self.trainer
+        total_steps = int(trainer.estimated_stepping_batches)
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        scheduler = self.hparams.scheduler(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

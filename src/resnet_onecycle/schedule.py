@@ -1,0 +1,76 @@
+"""The seed's one-cycle policy, stated in epochs, built on torch's OneCycleLR.
+
+The seed says "max/10 up to max by epoch 5, back down by the last epoch". OneCycleLR speaks
+in fractions of the run (pct_start) and divisors of the *initial* LR (final_div_factor), so
+this turns epochs and an end LR into those, for whatever epochs and batch size a run has.
+"""
+
+from __future__ import annotations
+
+from resnet_onecycle.errors import ConfigError
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import OneCycleLR
+
+
+def one_cycle(
+    optimizer: Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    max_lr: float,
+    peak_epoch: float = 5,
+    div_factor: float = 10.0,
+    end_lr: float | None = None,
+    anneal_strategy: str = "linear",
+    cycle_momentum: bool = False,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+) -> OneCycleLR:
+    """LR goes linearly from max_lr/div_factor to max_lr at the end of `peak_epoch`, then to `end_lr`.
+
+    `end_lr=None` comes back to the starting LR, max_lr/div_factor, as the seed does.
+    With `cycle_momentum=False` the optimizer's own momentum is left alone.
+    """
+    check_one_cycle(total_steps=total_steps, steps_per_epoch=steps_per_epoch, max_lr=max_lr,
+                    peak_epoch=peak_epoch, div_factor=div_factor, end_lr=end_lr)
+    start_lr = max_lr / div_factor
+    end_lr = start_lr if end_lr is None else end_lr
+    # OneCycleLR peaks at step pct_start * total_steps - 1: the last step of `peak_epoch`.
+    pct_start = peak_epoch * steps_per_epoch / total_steps
+    return OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=total_steps,
+        pct_start=pct_start,
+        anneal_strategy=anneal_strategy,
+        div_factor=div_factor,
+        final_div_factor=start_lr / end_lr,
+        cycle_momentum=cycle_momentum,
+        base_momentum=base_momentum,
+        max_momentum=max_momentum,
+        three_phase=False,
+    )
+
+
+def check_one_cycle(
+    *, total_steps: int, steps_per_epoch: int, max_lr: float, peak_epoch: float, div_factor: float,
+    end_lr: float | None,
+) -> None:
+    """Raise ValueError naming the config key when a one-cycle schedule cannot be built."""
+    if not (isinstance(max_lr, (int, float)) and max_lr > 0):
+        raise ConfigError(f"model.scheduler.max_lr={max_lr!r} must be a positive number, e.g. 0.02.")
+    if not div_factor > 0:
+        raise ConfigError(f"model.scheduler.div_factor={div_factor!r} must be positive (10 starts at max_lr/10).")
+    if end_lr is not None and not 0 < end_lr <= max_lr:
+        raise ConfigError(
+            f"model.scheduler.end_lr={end_lr!r} must lie in (0, max_lr={max_lr}]; "
+            "null comes back to the starting LR, max_lr/div_factor."
+        )
+    epochs = total_steps / steps_per_epoch
+    if not 0 < peak_epoch * steps_per_epoch < total_steps - 1:
+        raise ConfigError(
+            f"model.scheduler.peak_epoch={peak_epoch!r} must lie strictly inside the run's {epochs:g} epochs "
+            f"({total_steps} steps of which {steps_per_epoch} per epoch), so that both the warm-up and "
+            "the way down last at least one step: lower peak_epoch or raise trainer.max_epochs."
+        )

@@ -1,0 +1,81 @@
+"""The network against the seed's torchsummary table, row for row."""
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_onecycle.models import MixedResNet
+
+# The seed's table: (layer type, output shape without the batch, parameters), in torchsummary's order.
+SEED_SUMMARY = [
+    ('Conv2d', (64, 32, 32), 1728),
+    ('BatchNorm2d', (64, 32, 32), 128),
+    ('ReLU', (64, 32, 32), 0),
+    ('Conv2d', (128, 32, 32), 73728),
+    ('MaxPool2d', (128, 16, 16), 0),
+    ('BatchNorm2d', (128, 16, 16), 256),
+    ('ReLU', (128, 16, 16), 0),
+    ('Conv2d', (128, 16, 16), 147456),
+    ('BatchNorm2d', (128, 16, 16), 256),
+    ('ReLU', (128, 16, 16), 0),
+    ('Conv2d', (128, 16, 16), 147456),
+    ('BatchNorm2d', (128, 16, 16), 256),
+    ('ReLU', (128, 16, 16), 0),
+    ('BasicBlock', (128, 16, 16), 0),
+    ('Conv2d', (256, 16, 16), 294912),
+    ('MaxPool2d', (256, 8, 8), 0),
+    ('BatchNorm2d', (256, 8, 8), 512),
+    ('ReLU', (256, 8, 8), 0),
+    ('BasicBlock', (256, 8, 8), 0),
+    ('Conv2d', (512, 8, 8), 1179648),
+    ('MaxPool2d', (512, 4, 4), 0),
+    ('BatchNorm2d', (512, 4, 4), 1024),
+    ('ReLU', (512, 4, 4), 0),
+    ('Conv2d', (512, 4, 4), 2359296),
+    ('BatchNorm2d', (512, 4, 4), 1024),
+    ('ReLU', (512, 4, 4), 0),
+    ('Conv2d', (512, 4, 4), 2359296),
+    ('BatchNorm2d', (512, 4, 4), 1024),
+    ('ReLU', (512, 4, 4), 0),
+    ('BasicBlock', (512, 4, 4), 0),
+    ('Linear', (10,), 5130),]
+
+
+def summary(net: nn.Module, width: int = 32) -> list[tuple[str, tuple, int]]:
+    """torchsummary's rows: every module but containers, in the order their forward finishes,
+    with the parameters the module holds itself."""
+    rows, hooks = [], []
+
+    def hook(module, inputs, output):
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        rows.append((type(module).__name__, tuple(output.shape[1:]), own))
+
+    for module in net.modules():
+        if module is not net and not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            hooks.append(module.register_forward_hook(hook))
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(2, 3, width, width))
+    for h in hooks:
+        h.remove()
+    return rows
+
+
+def test_width_one_matches_the_seed_table_layer_for_layer():
+    net = MixedResNet(width=1.0)
+    assert summary(net) == SEED_SUMMARY
+    assert sum(p.numel() for p in net.parameters()) == 6_573_130
+
+
+def test_width_scales_channels_and_keeps_the_layer_structure():
+    rows = summary(MixedResNet(width=0.25))
+    assert [r[0] for r in rows] == [r[0] for r in SEED_SUMMARY]
+    assert [r[1][1:] for r in rows] == [r[1][1:] for r in SEED_SUMMARY]  # same spatial sizes
+    assert [r[1][0] for r in rows] == [max(1, round(r[1][0] / 4)) if r[0] != "Linear" else 10 for r in SEED_SUMMARY]
+    assert MixedResNet(width=0.25)(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("width", [0, -1.0])
+def test_non_positive_width_is_refused_with_the_key(width):
+    with pytest.raises(ValueError, match=r"model\.net\.width"):
+        MixedResNet(width=width)

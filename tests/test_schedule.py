@@ -1,0 +1,97 @@
+"""The one-cycle LR trajectory, by steps, and as the Trainer actually steps it."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from resnet_onecycle.schedule import one_cycle
+
+from conftest import compose_train
+
+
+def trajectory(epochs: int, steps_per_epoch: int = 98, **kwargs) -> list[float]:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    total = epochs * steps_per_epoch
+    scheduler = one_cycle(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch, **kwargs)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_seed_recipe_trajectory():
+    lrs = trajectory(40, max_lr=0.02, peak_epoch=5)
+    assert len(lrs) == 40 * 98
+    assert lrs[0] == pytest.approx(0.002)
+    assert lrs[5 * 98 - 1] == pytest.approx(0.02)  # the last step of epoch 5
+    assert max(lrs) == pytest.approx(0.02) and lrs.index(max(lrs)) == 5 * 98 - 1
+    assert lrs[-1] == pytest.approx(0.002, rel=1e-3)
+    # linear phases: constant increments up, constant decrements down
+    up, down = torch.tensor(lrs[:490]).diff(), torch.tensor(lrs[489:]).diff()
+    assert torch.allclose(up, up.mean(), rtol=1e-3) and up.mean() > 0
+    assert torch.allclose(down, down.mean(), rtol=1e-3) and down.mean() < 0
+
+
+@pytest.mark.parametrize("epochs", [8, 20, 60])
+def test_peak_stays_at_epoch_five_whatever_the_run_length(epochs):
+    lrs = trajectory(epochs, max_lr=0.02, peak_epoch=5)
+    assert lrs.index(max(lrs)) == 5 * 98 - 1
+
+
+def test_end_lr_is_a_config_value():
+    lrs = trajectory(10, steps_per_epoch=20, max_lr=0.1, peak_epoch=2, end_lr=1e-4)
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.1)
+    assert lrs[-1] < lrs[-2]
+
+
+def test_momentum_left_alone_unless_cycled():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    one_cycle(optimizer, total_steps=100, steps_per_epoch=10, max_lr=0.1, peak_epoch=2)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    one_cycle(optimizer, total_steps=100, steps_per_epoch=10, max_lr=0.1, peak_epoch=2, cycle_momentum=True)
+    assert optimizer.param_groups[0]["momentum"] == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"max_lr": 0.0}, "max_lr"),
+        ({"max_lr": -0.1}, "max_lr"),
+        ({"max_lr": 0.1, "peak_epoch": 10}, "peak_epoch"),
+        ({"max_lr": 0.1, "peak_epoch": 0}, "peak_epoch"),
+        ({"max_lr": 0.1, "end_lr": 0.5}, "end_lr"),
+    ],
+)
+def test_impossible_schedules_name_the_key(kwargs, key):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match=rf"model\.scheduler\.{key}"):
+        one_cycle(optimizer, total_steps=100, steps_per_epoch=10, **kwargs)
+
+
+class RecordLR(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, *args):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_trainer_steps_the_schedule_once_per_batch_to_the_end(tmp_path, image_tree):
+    # 60 training images in batches of 8 -> 8 steps per epoch (the last one partial), 3 epochs.
+    cfg = compose_train(
+        ["debug=fast", f"data.source={image_tree}", "data.subset=null", "data.test_subset=null",
+         "data.batch_size=8", "trainer.max_epochs=3", "model.scheduler.max_lr=0.1"],
+        tmp_path,
+    )
+    record = RecordLR()
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[record])
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    assert len(record.lrs) == trainer.global_step == 3 * 8
+    assert record.lrs[0] == pytest.approx(0.01)
+    assert record.lrs[8 - 1] == pytest.approx(0.1)  # peak at the last step of epoch 1
+    assert record.lrs[-1] == pytest.approx(0.01, rel=0.05)

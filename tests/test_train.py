@@ -1,0 +1,111 @@
+"""`python src/train.py` as a user runs it: outputs of a run, and bad input refused up front."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+
+
+def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *overrides],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    from conftest import write_image_tree
+
+    tmp = tmp_path_factory.mktemp("debug_run")
+    tree = write_image_tree(tmp / "data-src", n_train=52, n_test=26)
+    result = run_train("debug=fast", f"data.source={tree}", f"paths.log_dir={tmp / 'logs'}",
+                       f"paths.data_dir={tmp / 'cache'}", "seed=7", "model.scheduler.max_lr=0.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp / "logs" / "train" / "runs").iterdir()
+    return run_dir, tree
+
+
+def test_run_writes_metrics_json(debug_run):
+    run_dir, tree = debug_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["epochs"] == 2 and metrics["global_steps"] == 2 * 8  # 512 images / 64
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["test/loss"] > 0
+    assert metrics["train_images"] == 512 and metrics["test_images"] == 256
+    assert metrics["data_source"] == str(tree)
+    assert metrics["device"].startswith("cpu") and metrics["wall_time_s"] > 0
+    assert metrics["seed"] == 7 and metrics["torch"] == torch.__version__
+    # the classes are separable by colour: two epochs learn far more than chance
+    assert metrics["test/acc"] > 0.3
+
+
+def test_run_writes_config_and_checkpoints(debug_run):
+    run_dir, _ = debug_run
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert config["model"]["net"]["width"] == 0.125 and config["seed"] == 7
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(n.startswith("epoch") for n in checkpoints)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["global_step"] == 16
+    assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])
+
+
+def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
+    run_dir, _ = debug_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss"):
+        assert tag in scalars, tag
+    assert len(events.Scalars("val/acc")) == 2  # per epoch
+    lrs = [e.value for e in events.Scalars("lr-SGD")]
+    assert len(lrs) == 16 and lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
+    assert len(events.Scalars("lr-SGD-momentum")) == 16
+    assert events.Graph() is not None
+    hparams = [p for p in events.PluginTagToContent("hparams")]
+    assert hparams, "no hparams written"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test_acc = [e.value for e in events.Scalars("test/acc")]
+    assert test_acc[-1] == pytest.approx(metrics["test/acc"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=0", "data.batch_size=0 must be a whole number greater than 0"),
+        ("data.batch_size=big", "data.batch_size='big' must be a whole number"),
+        ("model.scheduler.max_lr=-0.1", "model.scheduler.max_lr=-0.1 must be a number greater than 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number greater than 0"),
+        ("model.net.width=0", "model.net.width=0 must be a number greater than 0"),
+        ("model.scheduler.peak_epoch=2", "model.scheduler.peak_epoch=2 must be smaller than trainer.max_epochs=2"),
+        ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz': no such file or folder"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
+    ],
+)
+def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, message):
+    result = run_train("debug=fast", f"data.source={image_tree}", f"paths.log_dir={tmp_path / 'logs'}",
+                       f"paths.data_dir={tmp_path / 'cache'}", override)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_download_without_network_is_a_clear_error(tmp_path):
+    # No network here: the default source must fail fast with the way out. Where a copy was already
+    # downloaded into data_dir this would train instead, so point data_dir at an empty folder.
+    result = run_train("debug=fast", f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'empty'}",
+                       "+trainer.max_time=00:00:00:30")
+    if result.returncode == 0:
+        pytest.skip("this machine reached the network and downloaded CIFAR-10")
+    assert result.returncode == 2
+    assert "data.source=download could not fetch CIFAR-10" in result.stderr
+    assert "cifar10-jpeg.tar.gz" in result.stderr
