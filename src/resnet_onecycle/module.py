@@ -35,10 +35,14 @@ class MixedResNetModule(L.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["net"])
         self.net = net
         self.example_input_array = torch.zeros(2, 3, 32, 32)
+        # validate_args / nan_strategy checks read values back to the host: a GPU sync every step.
         self.metrics = nn.ModuleDict({
-            f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")
+            f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+            for stage in ("train", "val", "test")
         })
-        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({
+            f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in ("train", "val", "test")
+        })
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -57,7 +61,9 @@ class MixedResNetModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return (self.compiled_forward or self.net)(images)
+        if self.compiled_forward is None or torch.jit.is_tracing():  # TensorBoard's graph traces the plain net
+            return self.net(images)
+        return self.compiled_forward(images)
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -66,8 +72,8 @@ class MixedResNetModule(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         # Metric objects accumulate on the device; nothing here waits for the GPU.
-        self.losses[f"{stage}_loss"](loss.detach(), weight=len(labels))
-        self.metrics[f"{stage}_acc"](logits.detach(), labels)
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=loss.new_full((), len(labels)))
+        self.metrics[f"{stage}_acc"].update(logits.detach(), labels)
         self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=False, on_epoch=True, prog_bar=stage != "train")
         self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU measurements, in order of importance, each stage skipped when too little time is left.
+# On the GPU machine, from the project's root:
+#   source .device/gpu-env.sh && bash benchmarks/gpu.sh
+# Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
+#   OUT=/tmp/dry DATA=... RECIPE="experiment=seed data.subset=2048 data.test_subset=1024 model.net.width=0.125 trainer.max_epochs=6 trainer=cpu" BUDGET=600 bash benchmarks/gpu.sh
+set -uo pipefail
+OUT=${OUT:-gpu-results}
+DATA=${DATA:-.device/cifar10-jpeg.tar.gz}
+RECIPE=${RECIPE:-experiment=seed trainer=gpu}
+BUDGET=${BUDGET:-520}          # seconds this script may use in all
+BENCH_EPOCHS=${BENCH_EPOCHS:-5}
+mkdir -p "$OUT"
+work=$(mktemp -d)
+common=(data.source="$DATA" paths.data_dir="$work/data" paths.log_dir="$work/logs")
+
+left() { echo $((BUDGET - SECONDS)); }
+
+train() {  # train NAME NEEDED_SECONDS OVERRIDES...
+  local name=$1 need=$2; shift 2
+  if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
+  echo "== $name ($(left) s left)"
+  timeout $(( $(left) - 5 )) python3 src/train.py $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -vE "it/s|^\s*$|warn" | tail -n 12
+  local run; run=$(ls -td "$work"/logs/train/runs/* | head -n 1)
+  python3 benchmarks/run_summary.py "$run" --json "$OUT/$name.json" | grep -E '"(test/acc|wall_time_s|fit_time_s|epoch_time_s_median|device)"'
+}
+
+bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
+  local name=$1 need=$2; shift 2
+  if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
+  echo "== $name ($(left) s left)"
+  timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --epochs "$BENCH_EPOCHS" --json "$OUT/$name.json" \
+    $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|device)"|Error|error'
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
+bench bench_bf16 40                      # project vs plain loop, bf16, eager
+train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
+train seed_bf16_compiled 100 model.compile=true
+bench bench_bf16_compiled 100 model.compile=true
+echo "== done in $SECONDS s"

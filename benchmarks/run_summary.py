@@ -1,0 +1,42 @@
+"""One run dir -> one JSON: its metrics.json plus per-epoch test accuracy and epoch wall times.
+
+    python benchmarks/run_summary.py logs/train/runs/<run> [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def summarize(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    val = events.Scalars("val/acc")
+    summary["val_acc_per_epoch"] = [round(e.value, 4) for e in val]
+    # An epoch's wall time (training + validation) is the gap between successive val/acc events.
+    gaps = [b.wall_time - a.wall_time for a, b in zip(val, val[1:])]
+    if gaps:
+        summary["epoch_time_s_median"] = round(statistics.median(gaps), 3)
+        summary["epoch_time_s_min"] = round(min(gaps), 3)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    text = json.dumps(summarize(args.run_dir), indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

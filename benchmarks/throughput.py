@@ -1,0 +1,144 @@
+"""Training throughput: the project's full path against a plain PyTorch loop, in one process.
+
+(a) project: `Trainer.fit` with the real CIFAR10DataModule and MixedResNetModule, composed from
+    the project's configs with the same overrides a user would give `src/train.py`, with its
+    logger and LR monitor on (validation and checkpoints off: they are not training);
+(b) plain:   a hand-written loop over the same uint8 tensors, the same batched augmentation,
+    model, SGD + OneCycleLR, batch size, precision and memory format.
+
+Each runs `--epochs` epochs; the first is start-up (cudnn autotuning, compilation, caches) and
+is reported apart; steady state is the median of the others. Prints one JSON object.
+
+    python benchmarks/throughput.py experiment=cpu_quick data.source=../shared/data/cifar10-jpeg.tar.gz
+    python benchmarks/throughput.py --epochs 6 experiment=seed trainer=gpu data.source=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from resnet_onecycle.data.augment import augment, normalize
+from resnet_onecycle.data.cifar10 import Batches
+from resnet_onecycle.tasks import instantiate_group
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each training epoch, from its first batch fetch to its last optimizer step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        sync(module.device)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        sync(module.device)
+        self.times.append(time.perf_counter() - self.start)
+
+
+def project(cfg, epochs: int) -> tuple[list[float], int, torch.device]:
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    timer = EpochTimer()
+    callbacks = [c for c in instantiate_group(cfg.callbacks) if not isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
+    trainer = instantiate(
+        cfg.trainer, max_epochs=epochs, callbacks=[*callbacks, timer], logger=instantiate_group(cfg.logger),
+        limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return timer.times, len(datamodule.splits["train"][1]), module.device
+
+
+def plain(cfg, epochs: int, device: torch.device) -> list[float]:
+    """The same work by hand: nothing but tensors, the net, SGD and OneCycleLR."""
+    torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark"))
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    images, labels = (t.to(device) for t in datamodule.splits["train"])
+    batches = Batches(images, labels, cfg.data.batch_size, shuffle=True, seed=cfg.seed)
+    net = instantiate(cfg.model.net).to(device)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    forward = torch.compile(net) if cfg.model.compile else net
+    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=epochs * len(batches), steps_per_epoch=len(batches))
+    precision = str(cfg.trainer.precision)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+    d = cfg.data
+    times = []
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        for x, y in batches:
+            x = augment(normalize(x), d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
+            with autocast:
+                loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: list[float], images: int) -> dict:
+    steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    return {"first_epoch_s": round(times[0], 3), "steady_epoch_s": round(steady, 3),
+            "images_per_s": round(images / steady, 1), "epoch_times_s": [round(t, 3) for t in times]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per path; the first counts as start-up")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        root = Path.cwd()
+        # Throughput does not depend on the LR; the peak only has to fall inside the short run.
+        cfg = compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={out}", *args.overrides,
+                                          f"model.scheduler.peak_epoch={args.epochs / 2}"])
+        L.seed_everything(cfg.seed, workers=True)
+        project_times, images, device = project(cfg, args.epochs)
+        L.seed_everything(cfg.seed, workers=True)
+        plain_times = plain(cfg, args.epochs, device)
+
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "lightning": L.__version__, "date": time.strftime("%Y-%m-%d"),
+        "overrides": args.overrides, "train_images": images, "batch_size": cfg.data.batch_size,
+        "width": cfg.model.net.width, "precision": str(cfg.trainer.precision), "compile": cfg.model.compile,
+        "project": summarize(project_times, images), "plain": summarize(plain_times, images),
+    }
+    result["ratio_project_over_plain"] = round(result["project"]["images_per_s"] / result["plain"]["images_per_s"], 3)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
