@@ -67,7 +67,8 @@ def project(cfg, epochs: int) -> tuple[list[float], int, torch.device]:
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=datamodule)
-    return timer.times, len(datamodule.splits["train"][1]), module.device
+    # (after fit Lightning moves the module back to the CPU: ask the strategy where it ran)
+    return timer.times, len(datamodule.splits["train"][1]), trainer.strategy.root_device
 
 
 def plain(cfg, epochs: int, device: torch.device) -> list[float]:
