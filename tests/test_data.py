@@ -110,6 +110,14 @@ def test_folder_without_train_and_test(tmp_path):
         load_source(str(tmp_path / "empty"), tmp_path)
 
 
+def test_archive_without_train_and_test(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "flat" / "0001.png")
+    archive = make_tar(tmp_path / "flat", tmp_path / "flat.tar.gz")
+    with pytest.raises(DataSourceError, match="the archive holds neither train/ and test/"):
+        load_source(str(archive), tmp_path)
+
+
 def test_unknown_and_missing_class_folders(image_tree, tmp_path):
     (image_tree / "test" / "cat").rename(image_tree / "test" / "kitten")
     with pytest.raises(DataSourceError, match=r"test/ has unknown class folders \['kitten'\] and no images for classes \['cat'\]"):

@@ -28,17 +28,18 @@ def is_number(value) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse values that cannot work before any data is read or any model built."""
-    positive = {
-        "trainer.max_epochs": (OmegaConf.select(cfg, "trainer.max_epochs"), int),
-        "data.batch_size": (OmegaConf.select(cfg, "data.batch_size"), int),
-        "model.scheduler.max_lr": (OmegaConf.select(cfg, "model.scheduler.max_lr"), float),
-        "model.net.width": (OmegaConf.select(cfg, "model.net.width"), float),
-        "model.scheduler.peak_epoch": (OmegaConf.select(cfg, "model.scheduler.peak_epoch"), float),
+    positive = {  # key: (whole numbers only, the recipe's value as an example)
+        "trainer.max_epochs": (True, 40),
+        "data.batch_size": (True, 512),
+        "model.scheduler.max_lr": (False, 0.02),
+        "model.net.width": (False, 1.0),
+        "model.scheduler.peak_epoch": (False, 5),
     }
-    for key, (value, kind) in positive.items():
-        if not is_number(value) or (kind is int and not isinstance(value, int)) or value <= 0:
-            what = "a whole number" if kind is int else "a number"
-            raise ConfigError(f"{key}={value!r} must be {what} greater than 0; set it with e.g. `{key}=...`.")
+    for key, (whole, example) in positive.items():
+        value = OmegaConf.select(cfg, key)
+        if not is_number(value) or (whole and not isinstance(value, int)) or value <= 0:
+            what = "a whole number" if whole else "a number"
+            raise ConfigError(f"{key}={value!r} must be {what} greater than 0, e.g. {key}={example}.")
     epochs, peak = cfg.trainer.max_epochs, cfg.model.scheduler.peak_epoch
     if peak >= epochs:
         raise ConfigError(

@@ -117,12 +117,19 @@ class CIFAR10DataModule(L.LightningDataModule):
             val_x, val_y = test_x, test_y
         self.splits = {"train": (train_x, train_y), "val": (val_x, val_y), "test": (test_x, test_y)}
 
+    def move_to(self, device: torch.device) -> None:
+        """Move every split to `device` once; splits that share tensors (val = test) stay shared."""
+        moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for split, (images, labels) in self.splits.items():
+            if id(images) not in moved:
+                moved[id(images)] = (images.to(device), labels.to(device))
+            self.splits[split] = moved[id(images)]
+
     def batches(self, split: str) -> Batches:
-        images, labels = self.splits[split]
         trainer = self.trainer
-        if trainer is not None and self.hparams.on_device and images.device != trainer.strategy.root_device:
-            images, labels = images.to(trainer.strategy.root_device), labels.to(trainer.strategy.root_device)
-            self.splits[split] = (images, labels)
+        if trainer is not None and self.hparams.on_device and self.splits[split][0].device != trainer.strategy.root_device:
+            self.move_to(trainer.strategy.root_device)
+        images, labels = self.splits[split]
         train = split == "train"
         return Batches(
             images, labels, self.batch_size if train else self.eval_batch_size, shuffle=train,
