@@ -12,10 +12,15 @@ from resnet_onecycle.tasks import train
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return train(cfg).get("test/acc")
-    except UserError as error:  # bad input: the message says it all, a traceback would bury it
+        summary = train(cfg)
+    except UserError as error:  # bad input or divergence: the message says it all
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if summary["status"] == "interrupted":
+        print(f"Interrupted by {summary['signal']} at epoch {summary['epochs']}, step {summary['global_steps']}; "
+              f"saved {summary['checkpoint']}.\nResume with: {summary['resume']}", file=sys.stderr)
+        sys.exit(130 if summary["signal"] == "SIGINT" else 143)
+    return summary.get("test/acc")
 
 
 if __name__ == "__main__":

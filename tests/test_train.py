@@ -85,6 +85,9 @@ def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
         ("model.scheduler.max_lr=-0.1", "model.scheduler.max_lr=-0.1 must be a number greater than 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number greater than 0"),
         ("model.net.width=0", "model.net.width=0 must be a number greater than 0"),
+        ("model.net.width=wide", "model.net.width='wide' must be a number greater than 0"),
+        ("model.scheduler.max_lr=fast", "model.scheduler.max_lr='fast' must be a number greater than 0"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 must be a whole number greater than 0"),
         ("model.scheduler.peak_epoch=2", "model.scheduler.peak_epoch=2 must be smaller than trainer.max_epochs=2"),
         ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz': no such file or folder"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
@@ -109,3 +112,26 @@ def test_download_without_network_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "data.source=download could not fetch CIFAR-10" in result.stderr
     assert "cifar10-jpeg.tar.gz" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("nosuchkey=1", "Could not override 'nosuchkey'"),
+        ("experiment=nope", "Could not find 'experiment/nope'"),
+    ],
+)
+def test_unknown_config_key_or_group_gets_hydras_message(tmp_path, override, message):
+    result = run_train("debug=fast", f"paths.log_dir={tmp_path / 'logs'}", override)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+
+
+def test_logs_dir_that_cannot_be_written(tmp_path, image_tree):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_train("debug=fast", f"data.source={image_tree}", f"paths.log_dir={blocker / 'logs'}")
+    assert result.returncode == 2
+    assert "cannot create the run dir" in result.stderr and "paths.log_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert blocker.read_text() == "not a folder"

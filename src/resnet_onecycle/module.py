@@ -12,6 +12,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnet_onecycle.errors import ConfigError
+
 
 class MixedResNetModule(L.LightningModule):
     """Wraps a plain `nn.Module` classifier.
@@ -32,7 +34,9 @@ class MixedResNetModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net"])
+        # Only plain values go into checkpoints (the partials stay out), so they load with weights_only.
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = net
         self.example_input_array = torch.zeros(2, 3, 32, 32)
         # validate_args / nan_strategy checks read values back to the host: a GPU sync every step.
@@ -46,6 +50,7 @@ class MixedResNetModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.saved_schedule: dict | None = None  # the one-cycle schedule of a checkpoint being resumed
 
     # --- memory format and compilation ------------------------------------------------------
 
@@ -95,10 +100,41 @@ class MixedResNetModule(L.LightningModule):
 
     # --- optimizer and schedule ------------------------------------------------------------------
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning restores the scheduler's state after configure_optimizers; a state from another
+        # schedule would carry the old total_steps and fail later ("Tried to step ... times").
+        schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint.get("optimizer_states")
+        if schedulers and optimizers and "total_steps" in schedulers[0]:
+            self.saved_schedule = schedule_of(schedulers[0], optimizers[0]["param_groups"][0])
+
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameters())
         trainer = self.trainer
         total_steps = int(trainer.estimated_stepping_batches)
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        scheduler = self.hparams.scheduler(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        if self.saved_schedule is not None:
+            check_same_schedule(self.saved_schedule, schedule_of(scheduler.state_dict(), optimizer.param_groups[0]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def schedule_of(scheduler_state: dict, param_group: dict) -> dict:
+    """What makes two OneCycleLR schedules the same, from its state and its param group."""
+    return {
+        "total_steps": scheduler_state["total_steps"],
+        "peak_step": round(scheduler_state["_schedule_phases"][0]["end_step"]),
+        "max_lr": param_group.get("max_lr"),
+        "start_lr": param_group.get("initial_lr"),
+        "end_lr": param_group.get("min_lr"),
+    }
+
+
+def check_same_schedule(saved: dict, now: dict) -> None:
+    differs = [f"{key} {saved[key]:.6g} in the checkpoint, {now[key]:.6g} now" for key in saved
+               if saved[key] is not None and now[key] is not None and not math.isclose(saved[key], now[key], rel_tol=1e-9)]
+    if differs:
+        raise ConfigError(
+            "ckpt_path: the checkpoint's one-cycle schedule differs from this config's: " + "; ".join(differs)
+            + ". total_steps and peak_step follow trainer.max_epochs, data.batch_size, data.subset and "
+            "model.scheduler.peak_epoch; the LRs follow model.scheduler. Resume with the schedule the run started with."
+        )

@@ -17,7 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.callbacks import DivergenceError, TrainingInterrupted
+from resnet_onecycle.data.sources import LAYOUTS
+from resnet_onecycle.errors import ConfigError, DataSourceError
+from resnet_onecycle.resume import check_same_schedule, resumed_config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ def check_config(cfg: DictConfig) -> None:
             f"model.scheduler.peak_epoch={peak} must be smaller than trainer.max_epochs={epochs}: "
             "the one-cycle LR needs epochs after its peak to come down. Lower peak_epoch or raise max_epochs."
         )
+    source = str(OmegaConf.select(cfg, "data.source"))
+    if source != "download" and not Path(source).expanduser().exists():
+        raise DataSourceError(f"data.source={source!r}: no such file or folder ({Path(source).expanduser().resolve()}). {LAYOUTS}")
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file.")
@@ -112,9 +118,51 @@ def write_hparams(logger: TensorBoardLogger, params: dict, metrics: dict) -> Non
     writer.flush()
 
 
+def run_config(cfg: DictConfig) -> DictConfig:
+    """The config this run goes on with: for resume=<run dir>, the one that run saved."""
+    if not cfg.get("resume"):
+        return cfg
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    return resumed_config(cfg, list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices))
+
+
+def final_metrics(trainer: L.Trainer) -> dict:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/", "test/"))}
+
+
+def run_summary(trainer: L.Trainer, datamodule, cfg: DictConfig, status: str, start: float) -> dict:
+    return {
+        "status": status,
+        **final_metrics(trainer),
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "device": device_name(trainer),
+        "precision": str(trainer.precision),
+        "data_source": str(cfg.data.source),
+        "train_images": len(datamodule.splits["train"][1]) if datamodule.splits else None,
+        "test_images": len(datamodule.splits["test"][1]) if datamodule.splits else None,
+        "resumed_from": cfg.get("ckpt_path"),
+        **provenance(cfg),
+    }
+
+
+def write_metrics(output_dir: Path, summary: dict) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit, then test; writes checkpoints, TensorBoard events and metrics.json into the run dir."""
+    """Fit, then test; writes checkpoints, TensorBoard events and metrics.json into the run dir.
+
+    The summary's status is `completed`, or `interrupted` (SIGINT/SIGTERM: last.ckpt saved, no
+    test); a diverged run raises DivergenceError after writing metrics.json with status `diverged`.
+    """
+    cfg = run_config(cfg)
     check_config(cfg)
+    check_same_schedule(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -124,34 +172,34 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except DivergenceError as error:
+        if trainer.is_global_zero:
+            write_metrics(output_dir, {**run_summary(trainer, datamodule, cfg, "diverged", start), "error": str(error)})
+        raise
+    except TrainingInterrupted as stop:
+        summary = {
+            **run_summary(trainer, datamodule, cfg, "interrupted", start),
+            "signal": stop.signal_name,
+            "checkpoint": str(stop.checkpoint),
+            "resume": f"python src/train.py resume={output_dir}",
+        }
+        if trainer.is_global_zero:
+            write_metrics(output_dir, summary)
+        return summary
     fit_time = time.perf_counter() - start
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    fit_metrics = final_metrics(trainer)  # test() replaces the trainer's metrics with its own
     if cfg.get("test"):
         ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback else None
-        (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
-        metrics.update({k: float(v) for k, v in results.items()})
-
-    summary = {
-        "status": "completed",
-        **metrics,
-        "epochs": trainer.current_epoch,
-        "global_steps": trainer.global_step,
-        "fit_time_s": round(fit_time, 2),
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "device": device_name(trainer),
-        "precision": str(trainer.precision),
-        "data_source": str(cfg.data.source),
-        "train_images": len(datamodule.splits["train"][1]),
-        "test_images": len(datamodule.splits["test"][1]),
-        **provenance(cfg),
-    }
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+    summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **fit_metrics, "fit_time_s": round(fit_time, 2)}
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_metrics(output_dir, summary)
+        metrics = {k: v for k, v in summary.items() if k.startswith(("train/", "val/", "test/"))}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                write_hparams(logger, flat_hparams(cfg), metrics)
-        log.info("test/acc %.4f  wall time %.1f s  -> %s", metrics.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
+                write_hparams(logger, {**flat_hparams(cfg), **provenance(cfg)}, metrics)
+        log.info("test/acc %.4f  wall time %.1f s  -> %s", summary.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
     return summary

@@ -20,15 +20,27 @@ class Batches:
 
     Lightning reads `len()` for the number of steps. With `world_size` > 1 every process takes
     its share of the same global batch, so steps per epoch do not depend on the process count.
+
+    `first_batch(epoch)` says where an epoch starts: 0, or past the batches a checkpoint saved
+    mid-epoch had already done (the order depends on seed and epoch only, so that is all it takes).
     """
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
         seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1,
+        first_batch: Callable[[int], int] = lambda epoch: 0,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.first_batch = rank, world_size, first_batch
+
+    # Lightning checks for these to know the loader resumes mid-epoch; the position itself is the
+    # DataModule's state, which Lightning restores before it builds any loader.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -40,7 +52,8 @@ class Batches:
             order = torch.randperm(n, generator=generator).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
-        for start in range(0, n, self.batch_size):
+        first = self.first_batch(self.epoch()) * self.batch_size
+        for start in range(first, n, self.batch_size):
             index = order[start:start + self.batch_size][self.rank::self.world_size]
             yield self.images[index], self.labels[index]
 
@@ -91,6 +104,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def prepare_data(self) -> None:
         load_cached(self.source, self.data_dir)  # decodes the source into the cache once
@@ -136,7 +150,28 @@ class CIFAR10DataModule(L.LightningDataModule):
             seed=self.hparams.seed, epoch=lambda: trainer.current_epoch if trainer is not None else 0,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
+            first_batch=self.first_batch if train else lambda epoch: 0,
         )
+
+    # --- resuming mid-epoch -------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its training batches are done."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_at = (state["epoch"], state["batches_done"]) if state else None
+
+    def first_batch(self, epoch: int) -> int:
+        """Where `epoch` starts: past the batches done before a mid-epoch checkpoint, else 0."""
+        resume_at = self.resume_at
+        if resume_at is None or resume_at[0] != epoch:
+            return 0
+        self.resume_at = None
+        return resume_at[1]
 
     def train_dataloader(self) -> Batches:
         return self.batches("train")

@@ -1,0 +1,31 @@
+"""Hydra callbacks: checks that must run before Hydra itself writes anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def make_dir_or_exit(path: str, what: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(
+            f"error: cannot create the {what} {path} ({error.strerror or error}). "
+            "Point paths.log_dir at a folder you can write, e.g. paths.log_dir=$HOME/resnet-logs.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+class CheckLogDir(Callback):
+    """A logs dir that cannot be written is a one-line error, not a traceback from Hydra."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        make_dir_or_exit(config.hydra.run.dir, "run dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        make_dir_or_exit(config.hydra.sweep.dir, "sweep dir")
