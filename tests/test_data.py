@@ -1,5 +1,6 @@
 """Each data source on small data written here; the cache; bad input; batches."""
 
+import pickle
 import tarfile
 
 import numpy as np
@@ -144,6 +145,14 @@ def test_non_image_file_and_unreadable_image(image_tree, tmp_path):
     (image_tree / "train" / "frog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataSourceError, match=r"broken\.png.*not a readable image"):
         load_source(str(image_tree), tmp_path)
+
+
+def test_empty_split(tmp_path):
+    folder = write_batches(tmp_path / "src")
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f)
+    with pytest.raises(DataSourceError, match="the test split is empty"):
+        load_source(str(folder), tmp_path)
 
 
 def test_truncated_archive(image_tree, tmp_path):

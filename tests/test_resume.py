@@ -87,6 +87,16 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, uninterrupted, 
     assert resumed["test/acc"] == reference["test/acc"] and resumed["test/loss"] == reference["test/loss"]
 
 
+def test_sigint_is_handled_like_sigterm(tmp_path, uninterrupted):
+    tree, _, _ = uninterrupted
+    before = signal.getsignal(signal.SIGINT)
+    sigint = {"_target_": "test_resume.SendSignal", "at_step": 2, "signum": int(signal.SIGINT)}
+    summary, run_dir = run(tmp_path, "g", tree, extra_callbacks=[sigint])
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_resuming_with_another_schedule_is_refused_by_the_checkpoint(tmp_path, uninterrupted):
     tree, _, _ = uninterrupted
     sigterm = {"_target_": "test_resume.SendSignal", "at_step": 4}

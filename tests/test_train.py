@@ -70,8 +70,9 @@ def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
     assert len(lrs) == 16 and lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
     assert len(events.Scalars("lr-SGD-momentum")) == 16
     assert events.Graph() is not None
-    hparams = [p for p in events.PluginTagToContent("hparams")]
-    assert hparams, "no hparams written"
+    hparams = b"".join(events.PluginTagToContent("hparams").values())
+    for name in (b"model.scheduler.max_lr", b"data.batch_size", b"git_commit", b"torch", b"lightning", b"test/acc"):
+        assert name in hparams, name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test_acc = [e.value for e in events.Scalars("test/acc")]
     assert test_acc[-1] == pytest.approx(metrics["test/acc"])
