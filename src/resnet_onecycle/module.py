@@ -51,6 +51,7 @@ class MixedResNetModule(L.LightningModule):
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.saved_schedule: dict | None = None  # the one-cycle schedule of a checkpoint being resumed
+        self.range_test = False  # set by the LR range test
 
     # --- memory format and compilation ------------------------------------------------------
 
@@ -109,6 +110,8 @@ class MixedResNetModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
+        if self.range_test:  # Lightning's LR range test brings its own scheduler
+            return optimizer
         trainer = self.trainer
         total_steps = int(trainer.estimated_stepping_batches)
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)

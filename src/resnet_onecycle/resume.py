@@ -9,6 +9,8 @@ run started with: OneCycleLR's saved position only means something on the same s
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from pathlib import Path
 
@@ -39,23 +41,59 @@ def run_dir_of(ckpt_path: str | None) -> Path | None:
     return run if (run / ".hydra" / "config.yaml").is_file() else None
 
 
-def output_dir(resume: str | None, ckpt_path: str | None, fresh: str) -> str:
-    """hydra.run.dir: the resumed run's own dir, else a fresh one."""
+def output_dir(task: str, resume: str | None, ckpt_path: str | None, fresh: str) -> str:
+    """hydra.run.dir: a resumed training run's own dir, else a fresh one."""
+    if task != "train":
+        return fresh
     if resume:
         return str(resume)
     run = run_dir_of(ckpt_path)
     return str(run) if run is not None else fresh
 
 
-def output_subdir(resume: str | None, ckpt_path: str | None) -> str:
+def output_subdir(task: str, resume: str | None, ckpt_path: str | None) -> str:
     """hydra.output_subdir: a resumed run keeps the config files its dir already holds."""
-    if resume or run_dir_of(ckpt_path) is not None:
+    if task == "train" and (resume or run_dir_of(ckpt_path) is not None):
         return f".hydra/resumed-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     return ".hydra"
 
 
 OmegaConf.register_new_resolver("resume_output_dir", output_dir, replace=True)
 OmegaConf.register_new_resolver("resume_output_subdir", output_subdir, replace=True)
+
+
+def saved_config(run: Path) -> DictConfig:
+    """The config a run saved; a max LR of `auto` is replaced by what its LR range test picked."""
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    if OmegaConf.select(saved, "model.scheduler.max_lr") == "auto" and (run / "lr_find.json").is_file():
+        saved.model.scheduler.max_lr = json.loads((run / "lr_find.json").read_text())["suggested_max_lr"]
+    return saved
+
+
+def with_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str], groups: set[str],
+                   keys: tuple[str, ...] | None = None):
+    """`saved` with this command's key=value overrides (their values read from the composed `cfg`).
+
+    With `keys`, only overrides under those top-level keys apply and the parts are returned as a
+    tuple; without, a group override (`experiment=seed`) is refused, since a saved config cannot
+    be re-composed.
+    """
+    saved = copy.deepcopy(saved)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "ckpt_path") or key.startswith("hydra."):
+            continue
+        if keys is not None:
+            if key.split(".")[0] in keys and key not in groups:
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+            continue
+        if key in groups:
+            raise ConfigError(
+                f"resume={cfg.resume!r} continues with the run's saved config, so `{override}` (a config "
+                "group) cannot apply; give key=value overrides only."
+            )
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    return tuple(saved[k] for k in keys) if keys is not None else saved
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> DictConfig:
@@ -70,17 +108,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> D
             f"resume={cfg.resume!r}: the run saved no checkpoints/last.ckpt (it stopped before it saved one); "
             "start it again instead."
         )
-    saved = OmegaConf.load(saved_path)
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in ("resume", "ckpt_path") or key.startswith("hydra."):
-            continue
-        if key in groups:
-            raise ConfigError(
-                f"resume={cfg.resume!r} continues with the run's saved config, so `{override}` (a config "
-                "group) cannot apply; give key=value overrides only."
-            )
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    saved = with_overrides(saved_config(run), cfg, overrides, groups)
     saved.resume = str(run)
     saved.ckpt_path = str(last)
     saved.paths = cfg.paths  # this command's paths (they resolve to the same run dir)
@@ -92,7 +120,7 @@ def check_same_schedule(cfg: DictConfig) -> None:
     run = run_dir_of(cfg.get("ckpt_path"))
     if run is None:
         return  # not one of our run dirs: the LightningModule still compares the schedules it can see
-    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    saved = saved_config(run)
     differs = [
         f"{key}: {OmegaConf.select(saved, key)!r} in the run, {OmegaConf.select(cfg, key)!r} now"
         for key in SCHEDULE_KEYS

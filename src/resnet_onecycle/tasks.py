@@ -4,161 +4,84 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
-import omegaconf
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard.summary import hparams
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from resnet_onecycle.analysis import analyze
 from resnet_onecycle.callbacks import DivergenceError, TrainingInterrupted
-from resnet_onecycle.data.sources import LAYOUTS
-from resnet_onecycle.errors import ConfigError, DataSourceError
-from resnet_onecycle.resume import check_same_schedule, resumed_config
+from resnet_onecycle.data.sources import CLASSES
+from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.lr_find import plot_lr_find, run_lr_find
+from resnet_onecycle.records import (
+    check_config, final_metrics, flat_hparams, instantiate_group, provenance, run_summary, write_hparams,
+    write_metrics,
+)
+from resnet_onecycle.resume import check_same_schedule, resumed_config, run_dir_of, saved_config, with_overrides
 
 log = logging.getLogger(__name__)
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def command_line() -> tuple[list[str], set[str]]:
+    """This command's overrides and the names of the config groups, from Hydra."""
+    from hydra.core.hydra_config import HydraConfig
 
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse values that cannot work before any data is read or any model built."""
-    positive = {  # key: (whole numbers only, the recipe's value as an example)
-        "trainer.max_epochs": (True, 40),
-        "data.batch_size": (True, 512),
-        "model.scheduler.max_lr": (False, 0.02),
-        "model.net.width": (False, 1.0),
-        "model.scheduler.peak_epoch": (False, 5),
-    }
-    for key, (whole, example) in positive.items():
-        value = OmegaConf.select(cfg, key)
-        if not is_number(value) or (whole and not isinstance(value, int)) or value <= 0:
-            what = "a whole number" if whole else "a number"
-            raise ConfigError(f"{key}={value!r} must be {what} greater than 0, e.g. {key}={example}.")
-    epochs, peak = cfg.trainer.max_epochs, cfg.model.scheduler.peak_epoch
-    if peak >= epochs:
-        raise ConfigError(
-            f"model.scheduler.peak_epoch={peak} must be smaller than trainer.max_epochs={epochs}: "
-            "the one-cycle LR needs epochs after its peak to come down. Lower peak_epoch or raise max_epochs."
-        )
-    source = str(OmegaConf.select(cfg, "data.source"))
-    if source != "download" and not Path(source).expanduser().exists():
-        raise DataSourceError(f"data.source={source!r}: no such file or folder ({Path(source).expanduser().resolve()}). {LAYOUTS}")
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file.")
-    if cfg.get("test_ckpt") not in ("last", "best"):
-        raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r} must be `last` or `best`.")
-
-
-def device_name(trainer: L.Trainer) -> str:
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()})"
-
-
-def git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def provenance(cfg: DictConfig) -> dict:
-    return {
-        "seed": cfg.get("seed"),
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__,
-    }
-
-
-def instantiate_group(cfg: DictConfig | None) -> list:
-    """Callbacks or loggers: every entry with a `_target_` (null entries switch one off)."""
-    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
-
-
-def flat_hparams(cfg: DictConfig) -> dict:
-    """The resolved config as flat `a.b.c` keys, minus paths, for TensorBoard's HParams tab."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    flat: dict = {}
-
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk("", {k: v for k, v in container.items() if k not in ("paths", "hydra", "callbacks", "logger")})
-    return flat
-
-
-def write_hparams(logger: TensorBoardLogger, params: dict, metrics: dict) -> None:
-    """The HParams tab's entry for this run, naming the final metrics already logged as scalars.
-
-    (Lightning's `log_hyperparams(params, metrics)` would log those metrics a second time, at step 0.)
-    """
-    writer = logger.experiment._get_file_writer()
-    for summary in hparams(params, metrics):
-        writer.add_summary(summary)
-    writer.flush()
+    hydra_cfg = HydraConfig.get()
+    return list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices)
 
 
 def run_config(cfg: DictConfig) -> DictConfig:
     """The config this run goes on with: for resume=<run dir>, the one that run saved."""
     if not cfg.get("resume"):
         return cfg
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get()
-    return resumed_config(cfg, list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices))
+    return resumed_config(cfg, *command_line())
 
 
-def final_metrics(trainer: L.Trainer) -> dict:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/", "test/"))}
+def tensorboard_of(trainer: L.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
-def run_summary(trainer: L.Trainer, datamodule, cfg: DictConfig, status: str, start: float) -> dict:
-    return {
-        "status": status,
-        **final_metrics(trainer),
-        "epochs": trainer.current_epoch,
-        "global_steps": trainer.global_step,
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "device": device_name(trainer),
-        "precision": str(trainer.precision),
-        "data_source": str(cfg.data.source),
-        "train_images": len(datamodule.splits["train"][1]) if datamodule.splits else None,
-        "test_images": len(datamodule.splits["test"][1]) if datamodule.splits else None,
-        "resumed_from": cfg.get("ckpt_path"),
-        **provenance(cfg),
-    }
+def lr_range_test(cfg: DictConfig, datamodule, output_dir: Path, loggers=()) -> dict:
+    """Run the LR range test; write lr_find.png and lr_find.json into `output_dir`."""
+    import matplotlib.pyplot as plt
 
-
-def write_metrics(output_dir: Path, summary: dict) -> None:
+    result = run_lr_find(cfg, datamodule, str(output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    fig = plot_lr_find(result)
+    fig.savefig(output_dir / "lr_find.png")
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("lr_find", fig, close=False)
+    plt.close(fig)
+    if result["suggested_max_lr"] is None:
+        raise ConfigError(
+            f"the LR range test stopped after {len(result['lr'])} steps, too few for a suggestion: "
+            "raise lr_find.num_training or lr_find.early_stop_threshold (see lr_find.png)."
+        )
+    return result
+
+
+def analyze_run(cfg: DictConfig, net, datamodule, output_dir: Path, metrics: dict, device, loggers, step: int,
+                title: str, run_dir: Path) -> dict:
+    """The pictures and report into `output_dir`; the curves come from `run_dir`'s training events."""
+    images, labels = datamodule.splits["test"]
+    return analyze(net, images, labels, CLASSES, output_dir, cfg.analysis, cfg, metrics, device, loggers, step,
+                   tensorboard_dir=run_dir / "tensorboard", title_text=title)
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit, then test; writes checkpoints, TensorBoard events and metrics.json into the run dir.
+    """Fit, then test and analyze; writes checkpoints, TensorBoard events, pictures, report.md and
+    metrics.json into the run dir.
 
     The summary's status is `completed`, or `interrupted` (SIGINT/SIGTERM: last.ckpt saved, no
     test); a diverged run raises DivergenceError after writing metrics.json with status `diverged`.
+    With `model.scheduler.max_lr=auto` the LR range test runs first and picks the max LR.
     """
     cfg = run_config(cfg)
     check_config(cfg)
@@ -167,9 +90,17 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
+    found = {}
+    if cfg.model.scheduler.max_lr == "auto":
+        found = lr_range_test(cfg, datamodule, output_dir, loggers)
+        with open_dict(cfg):
+            cfg.model.scheduler.max_lr = found["suggested_max_lr"]
+        log.info("LR range test: model.scheduler.max_lr=%.4g", cfg.model.scheduler.max_lr)
+        L.seed_everything(cfg.seed, workers=True)  # the same initial weights as a run given this max LR
+    module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers)
+    lr_find_record = {"lr_find": {"suggested_max_lr": found["suggested_max_lr"], "plot": "lr_find.png"}} if found else {}
 
     start = time.perf_counter()
     try:
@@ -180,7 +111,7 @@ def train(cfg: DictConfig) -> dict:
         raise
     except TrainingInterrupted as stop:
         summary = {
-            **run_summary(trainer, datamodule, cfg, "interrupted", start),
+            **run_summary(trainer, datamodule, cfg, "interrupted", start), **lr_find_record,
             "signal": stop.signal_name,
             "checkpoint": str(stop.checkpoint),
             "resume": f"python src/train.py resume={output_dir}",
@@ -194,12 +125,87 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("test"):
         ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback else None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
-    summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **fit_metrics, "fit_time_s": round(fit_time, 2)}
+    summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **fit_metrics,
+               "fit_time_s": round(fit_time, 2), **lr_find_record}
     if trainer.is_global_zero:
-        write_metrics(output_dir, summary)
         metrics = {k: v for k, v in summary.items() if k.startswith(("train/", "val/", "test/"))}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                write_hparams(logger, {**flat_hparams(cfg), **provenance(cfg)}, metrics)
+        tensorboard = tensorboard_of(trainer)
+        if tensorboard is not None:
+            write_hparams(tensorboard, {**flat_hparams(cfg), **provenance(cfg)}, metrics)
+        if cfg.analysis.enabled and cfg.get("test"):
+            analysis = analyze_run(cfg, module.net, datamodule, output_dir, metrics, trainer.strategy.root_device,
+                                   trainer.loggers, trainer.global_step, "Training run report", output_dir)
+            summary["per_class_accuracy"] = analysis["per_class_accuracy"]
+        summary["wall_time_s"] = round(time.perf_counter() - start, 2)
+        write_metrics(output_dir, summary)
         log.info("test/acc %.4f  wall time %.1f s  -> %s", summary.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
+    return summary
+
+
+def find_lr(cfg: DictConfig) -> dict:
+    """The LR range test alone: lr_find.png and lr_find.json in the run dir, and the override to use."""
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    loggers = instantiate_group(cfg.get("logger"))
+    result = lr_range_test(cfg, datamodule, output_dir, loggers)
+    for logger in loggers:
+        logger.save()
+    return result
+
+
+def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = checkpoint["state_dict"]
+    except Exception as error:  # noqa: BLE001 - any failure means "not one of our checkpoints"
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is not a Lightning checkpoint of this project ({error}).") from error
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[:3]
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} holds another model than this config's (model.net.width={width}): "
+            + " ".join(first)
+        ) from error
+    return checkpoint
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Test a checkpoint and write the same pictures and report as training, into a new eval dir.
+
+    The model and data configs are the checkpoint's run's (its .hydra/config.yaml) when it has
+    one, with this command's key=value overrides on top.
+    """
+    ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file; give ckpt_path=<run>/checkpoints/last.ckpt.")
+    run = run_dir_of(ckpt_path)
+    if run is not None:
+        saved = saved_config(run)
+        with open_dict(cfg):
+            cfg.model, cfg.data = with_overrides(saved, cfg, *command_line(), keys=("model", "data"))
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(cfg.model)
+    checkpoint = load_weights(module, ckpt_path, cfg.model.net.width)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=[], enable_checkpointing=False)
+    start = time.perf_counter()
+    (results,) = trainer.test(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in results.items()}
+    summary = {"status": "completed", **metrics, "ckpt_path": str(ckpt_path), "epochs": checkpoint.get("epoch", -1) + 1,
+               "global_steps": checkpoint.get("global_step"), "test_images": len(datamodule.splits["test"][1]),
+               "data_source": str(cfg.data.source), **provenance(cfg)}
+    if trainer.is_global_zero:
+        analysis = analyze_run(cfg, module.net, datamodule, output_dir, metrics, trainer.strategy.root_device,
+                               trainer.loggers, checkpoint.get("global_step") or 0, f"Evaluation of {ckpt_path}",
+                               run if run is not None else output_dir)
+        summary["per_class_accuracy"] = analysis["per_class_accuracy"]
+        summary["wall_time_s"] = round(time.perf_counter() - start, 2)
+        write_metrics(output_dir, summary)
+        log.info("test/acc %.4f -> %s", metrics.get("test/acc", float("nan")), output_dir)
     return summary

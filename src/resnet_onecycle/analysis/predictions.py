@@ -1,0 +1,51 @@
+"""Predictions over a split, in plain full-precision code, leaving the net as it was."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from resnet_onecycle.data.augment import normalize
+
+
+@contextmanager
+def evaluating(net: nn.Module, device: torch.device):
+    """Eval mode on `device` for the block; afterwards the net's mode and device are as before."""
+    was_training = net.training
+    home = next(net.parameters()).device
+    net.to(device).eval()
+    try:
+        yield net
+    finally:
+        net.to(home).train(was_training)
+
+
+@dataclass
+class Predictions:
+    labels: torch.Tensor        # (N,) int64, CPU
+    predicted: torch.Tensor     # (N,)
+    confidence: torch.Tensor    # (N,) softmax probability of the predicted class
+    loss: float                 # mean cross-entropy
+    accuracy: float
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+            batch_size: int = 500) -> Predictions:
+    predicted, confidence, loss = [], [], 0.0
+    with evaluating(net, device):
+        for start in range(0, len(labels), batch_size):
+            x = normalize(images[start:start + batch_size].to(device))
+            y = labels[start:start + batch_size].to(device)
+            logits = net(x).float()
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            probs = logits.softmax(1)
+            conf, pred = probs.max(1)
+            predicted.append(pred.cpu())
+            confidence.append(conf.cpu())
+    predicted, labels = torch.cat(predicted), labels.cpu()
+    return Predictions(labels, predicted, torch.cat(confidence), loss / len(labels),
+                       float((predicted == labels).float().mean()))

@@ -1,0 +1,95 @@
+"""The LR range test: Lightning's Tuner runs it, this picks the max LR and draws the curve.
+
+The suggestion is the LR where the (smoothed) loss falls fastest against log10(LR). Lightning's
+own `suggestion()` takes the slope against the LR itself; on the exponentially spaced LRs of a
+range test that favours the low end, so it is recorded beside ours, not used.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import hydra
+import lightning as L
+import numpy as np
+from lightning.pytorch.tuner import Tuner
+from omegaconf import DictConfig, open_dict
+
+
+def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """The LR of the steepest fall of the loss against log10(LR), ignoring non-finite losses."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    keep = np.arange(len(lrs))[skip_begin: len(lrs) - skip_end]
+    keep = keep[np.isfinite(losses[keep])]
+    if len(keep) < 3:
+        return None
+    slopes = np.gradient(losses[keep], np.log10(lrs[keep]))
+    return float(lrs[keep[int(np.argmin(slopes))]])
+
+
+def range_test_module(cfg: DictConfig) -> L.LightningModule:
+    """The configured model, for a range test: `model.scheduler.max_lr` may be `auto`, since the
+    test sets the LR itself at every step (the optimizer gets a placeholder)."""
+    model_cfg = copy.deepcopy(cfg.model)
+    with open_dict(model_cfg):
+        model_cfg.scheduler.max_lr = float(cfg.lr_find.min_lr)
+        model_cfg.optimizer.lr = float(cfg.lr_find.min_lr)
+    return hydra.utils.instantiate(model_cfg)
+
+
+def run_lr_find(cfg: DictConfig, datamodule: L.LightningDataModule, root_dir: str,
+                module: L.LightningModule | None = None) -> dict:
+    """Run the range test on `module` (by default the configured model, built for it and dropped).
+    Lightning restores the module's weights afterwards."""
+    settings = cfg.lr_find
+    module = module if module is not None else range_test_module(cfg)
+    module.range_test = True  # configure_optimizers: the optimizer alone, Lightning adds its scheduler
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, default_root_dir=root_dir, logger=False, callbacks=[], enable_checkpointing=False,
+        enable_model_summary=False, max_epochs=settings.num_training,  # the test stops at num_training steps
+    )
+    finder = Tuner(trainer).lr_find(
+        module, datamodule=datamodule, min_lr=settings.min_lr, max_lr=settings.max_lr,
+        num_training=settings.num_training, mode="exponential",
+        early_stop_threshold=settings.early_stop_threshold, update_attr=False,
+    )
+    module.range_test = False
+    lrs, losses = list(map(float, finder.results["lr"])), list(map(float, finder.results["loss"]))
+    return {
+        "lr": lrs,
+        "loss": losses,
+        "suggested_max_lr": steepest_descent(lrs, losses),
+        "method": "steepest descent of the smoothed loss against log10(LR)",
+        "lightning_suggestion": finder.suggestion(),
+        "range": [settings.min_lr, settings.max_lr],
+        "num_training": settings.num_training,
+    }
+
+
+def plot_lr_find(result: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    ax.plot(result["lr"], result["loss"], color="tab:blue", label="smoothed training loss")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("loss")
+    suggestion = result["suggested_max_lr"]
+    if suggestion is not None:
+        at = int(np.argmin(np.abs(np.asarray(result["lr"]) - suggestion)))
+        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1)
+        ax.plot([suggestion], [result["loss"][at]], "o", color="tab:red",
+                label=f"steepest descent: max_lr={suggestion:.3g}")
+    finite = [v for v in result["loss"] if math.isfinite(v)]
+    if finite:
+        low, start = min(finite), finite[0]
+        ax.set_ylim(low - 0.1 * (start - low + 1e-3), start + 0.6 * (start - low + 1e-3))
+    ax.set_title("LR range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,192 @@
+"""LR range test, pictures, Grad-CAM, report and eval.py, on small synthetic data with tiny models."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from resnet_onecycle.analysis import analyze
+from resnet_onecycle.analysis.gradcam import gradcam_maps
+from resnet_onecycle.analysis.predictions import predict
+from resnet_onecycle.data.sources import CLASSES
+from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.lr_find import range_test_module, run_lr_find, steepest_descent
+from resnet_onecycle.models import MixedResNet
+
+from conftest import ROOT, class_images, compose_train, write_image_tree
+
+
+def script(name, *overrides, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "src" / name), *overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_steepest_descent_is_measured_against_log_lr():
+    lrs = np.logspace(-5, 0, 101)
+    # the loss falls fastest, per decade, around 1e-2: a logistic step in log10(LR)
+    losses = 2.3 - 2.0 / (1 + np.exp(-(np.log10(lrs) + 2) * 4))
+    assert steepest_descent(lrs, losses) == pytest.approx(1e-2, rel=0.13)
+    losses[60:] = np.nan  # diverged points are ignored
+    assert steepest_descent(lrs, losses) < 1e-2
+    assert steepest_descent(lrs[:5], losses[:5]) is None
+
+
+def test_range_test_suggests_a_max_lr_in_range_and_restores_the_weights(tmp_path, learnable_tree):
+    cfg = compose_train(["debug=fast", f"data.source={learnable_tree}", f"paths.data_dir={tmp_path}",
+                         "data.subset=null", "data.test_subset=null", "data.batch_size=40", "lr_find.num_training=40",
+                         "model.scheduler.max_lr=auto"], tmp_path)
+    module = range_test_module(cfg)
+    module.net.train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    result = run_lr_find(cfg, instantiate(cfg.data), str(tmp_path), module=module)
+    assert len(result["lr"]) == len(result["loss"]) >= 20
+    assert cfg.lr_find.min_lr <= result["suggested_max_lr"] <= cfg.lr_find.max_lr
+    assert result["suggested_max_lr"] == steepest_descent(result["lr"], result["loss"])
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(tmp_path.glob(".lr_find*.ckpt"))  # Lightning's temporary checkpoint is gone
+
+
+@pytest.fixture(scope="module")
+def trained_net():
+    """A tiny net given 30 SGD steps on the colour-coded classes: right on some images, wrong on others."""
+    from resnet_onecycle.data.augment import normalize
+
+    torch.manual_seed(0)
+    net = MixedResNet(width=0.125)
+    images, labels = (torch.from_numpy(a) for a in class_images(8, seed=5))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(net(normalize(images)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.zero_grad(set_to_none=True)
+    return net
+
+
+@pytest.fixture
+def net_and_data(trained_net):
+    images, labels = class_images(4, seed=3)
+    return trained_net, torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def test_gradcam_maps_are_valid_and_leave_the_model_as_found(net_and_data):
+    net, images, labels = net_and_data
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    predicted = predict(net, images, labels, torch.device("cpu")).predicted
+    maps = gradcam_maps(net, images[:12], predicted[:12].tolist(), "layer2", torch.device("cpu"), batch_size=5)
+    assert maps.shape == (12, 32, 32)
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert all(m.std() > 0 for m in maps)  # not constant
+    assert net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics too
+    assert all(p.grad is None for p in net.parameters())
+    with pytest.raises(ConfigError, match=r"analysis\.gradcam_layer='layer9'"):
+        gradcam_maps(net, images[:2], [0, 1], "layer9", torch.device("cpu"))
+
+
+def test_pictures_and_report(tmp_path, net_and_data):
+    net, images, labels = net_and_data
+    cfg = compose_train(["debug=fast", "analysis.misclassified=7"], tmp_path)
+    result = analyze(net, images, labels, CLASSES, tmp_path / "out", cfg.analysis, cfg,
+                     {"test/acc": 0.5}, torch.device("cpu"))
+    out = tmp_path / "out"
+    for name, min_width in (("misclassified.png", 600), ("gradcam.png", 600), ("confusion_matrix.png", 500)):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] >= min_width and image.size[1] >= 300
+    predictions = predict(net, images, labels, torch.device("cpu"))
+    index = result["misclassified_index"]
+    assert 0 < len(index) <= 7
+    assert all(predictions.predicted[i] != predictions.labels[i] for i in index)
+    confidences = [float(predictions.confidence[i]) for i in index]
+    assert confidences == sorted(confidences, reverse=True)
+    report = (out / "report.md").read_text()
+    for link in re.findall(r"\]\(([^)]+)\)", report):
+        assert (out / link).is_file() and "/" not in link  # relative links next to the report
+    per_class = json.loads((out / "per_class_accuracy.json").read_text())
+    assert list(per_class) == list(CLASSES)
+    matrix_total = sum(predictions.predicted == predictions.labels)
+    assert sum(per_class[c] * 4 for c in CLASSES) == pytest.approx(float(matrix_total))
+
+
+def test_misclassified_titles_match_the_predictions(tmp_path, net_and_data):
+    from resnet_onecycle.analysis.misclassified import most_confident_mistakes, plot_misclassified
+
+    net, images, labels = net_and_data
+    predictions = predict(net, images, labels, torch.device("cpu"))
+    index = most_confident_mistakes(predictions, 20)
+    fig = plot_misclassified(images, predictions, index, CLASSES)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [f"{CLASSES[int(labels[i])]} / {CLASSES[int(predictions.predicted[i])]}" for i in index]
+    assert all(t.split(" / ")[0] != t.split(" / ")[1] for t in titles)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    tree = write_image_tree(tmp / "data", n_train=52, n_test=26)
+    result = script("train.py", "debug=fast", f"data.source={tree}", f"paths.log_dir={tmp / 'logs'}",
+                    f"paths.data_dir={tmp / 'cache'}", "model.scheduler.max_lr=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp / "logs" / "train" / "runs").iterdir()
+    return tmp, tree, run_dir
+
+
+def test_training_run_writes_lr_find_pictures_and_report(trained_run):
+    _, _, run_dir = trained_run
+    for name in ("lr_find.png", "curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png", "report.md"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    found = json.loads((run_dir / "lr_find.json").read_text())
+    assert metrics["lr_find"]["suggested_max_lr"] == found["suggested_max_lr"]
+    hparams = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "max_lr: auto" in hparams  # what was asked; the hparams and report hold what was used
+    assert f"{found['suggested_max_lr']:.4g}" in (run_dir / "report.md").read_text()
+    assert set(metrics["per_class_accuracy"]) == set(CLASSES)
+
+
+def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
+    tmp, _, run_dir = trained_run
+    result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (eval_dir,) = (tmp / "logs" / "eval" / "runs").iterdir()
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["test/acc"] == trained["test/acc"]
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    for name in ("curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png", "report.md"):
+        assert (eval_dir / name).is_file(), name
+
+
+def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
+    tmp, _, run_dir = trained_run
+    missing = script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.log_dir={tmp_path}")
+    assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr
+    other = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.net.width=0.25",
+                   f"paths.log_dir={tmp_path}")
+    assert other.returncode == 2 and "holds another model than this config's (model.net.width=0.25)" in other.stderr
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    bad = script("eval.py", f"ckpt_path={junk}", f"paths.log_dir={tmp_path}")
+    assert bad.returncode == 2 and "is not a Lightning checkpoint" in bad.stderr
+
+
+def test_find_lr_script_prints_the_override(trained_run, tmp_path):
+    _, tree, _ = trained_run
+    result = script("find_lr.py", "debug=fast", f"data.source={tree}", f"paths.log_dir={tmp_path}",
+                    f"paths.data_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    suggested = float(re.search(r"model\.scheduler\.max_lr=([0-9.e-]+)", result.stdout).group(1))
+    (run_dir,) = (tmp_path / "find_lr" / "runs").iterdir()
+    found = json.loads((run_dir / "lr_find.json").read_text())
+    assert suggested == pytest.approx(found["suggested_max_lr"], rel=1e-3)
+    with Image.open(run_dir / "lr_find.png") as image:
+        assert image.size[0] >= 600
