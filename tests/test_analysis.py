@@ -37,6 +37,14 @@ def test_steepest_descent_is_measured_against_log_lr():
     assert steepest_descent(lrs[:5], losses[:5]) is None
 
 
+def test_smoothing_is_bias_corrected_from_the_first_step():
+    from resnet_onecycle.lr_find import smoothed
+
+    assert smoothed([2.0] * 30) == pytest.approx([2.0] * 30)  # a flat loss stays flat
+    rising = smoothed(list(np.linspace(1, 3, 50)))
+    assert all(b > a for a, b in zip(rising, rising[1:]))
+
+
 def test_range_test_suggests_a_max_lr_in_range_and_restores_the_weights(tmp_path, learnable_tree):
     cfg = compose_train(["debug=fast", f"data.source={learnable_tree}", f"paths.data_dir={tmp_path}",
                          "data.subset=null", "data.test_subset=null", "data.batch_size=40", "lr_find.num_training=40",

@@ -28,6 +28,22 @@ def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10
     return float(lrs[keep[int(np.argmin(slopes))]])
 
 
+def smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction, the usual range-test smoothing.
+
+    (Lightning's own smoothed losses, in `results["loss"]`, correct the bias one step late, which
+    pulls the first few dozen values down; so the raw losses are smoothed here.)
+    """
+    average, out = 0.0, []
+    for step, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            out.append(float("nan"))
+            continue
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta ** (step + 1)))
+    return out
+
+
 def range_test_module(cfg: DictConfig) -> L.LightningModule:
     """The configured model, for a range test: `model.scheduler.max_lr` may be `auto`, since the
     test sets the LR itself at every step (the optimizer gets a placeholder)."""
@@ -55,7 +71,10 @@ def run_lr_find(cfg: DictConfig, datamodule: L.LightningDataModule, root_dir: st
         early_stop_threshold=settings.early_stop_threshold, update_attr=False,
     )
     module.range_test = False
-    lrs, losses = list(map(float, finder.results["lr"])), list(map(float, finder.results["loss"]))
+    lrs = list(map(float, finder.results["lr"]))
+    raw = [float(loss) for loss in module.range_test_losses[: len(lrs)]]
+    module.range_test_losses = []
+    losses = smoothed(raw)
     return {
         "lr": lrs,
         "loss": losses,
@@ -85,9 +104,10 @@ def plot_lr_find(result: dict):
         ax.plot([suggestion], [result["loss"][at]], "o", color="tab:red",
                 label=f"steepest descent: max_lr={suggestion:.3g}")
     finite = [v for v in result["loss"] if math.isfinite(v)]
-    if finite:
-        low, start = min(finite), finite[0]
-        ax.set_ylim(low - 0.1 * (start - low + 1e-3), start + 0.6 * (start - low + 1e-3))
+    if finite:  # frame the useful part: from the lowest loss to a little above the early plateau
+        low, start = min(finite), max(finite[5:15] or finite)
+        span = max(start - low, 1e-3)
+        ax.set_ylim(low - 0.1 * span, start + 0.4 * span)
     ax.set_title("LR range test")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

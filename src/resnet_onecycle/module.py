@@ -52,6 +52,7 @@ class MixedResNetModule(L.LightningModule):
         self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.saved_schedule: dict | None = None  # the one-cycle schedule of a checkpoint being resumed
         self.range_test = False  # set by the LR range test
+        self.range_test_losses: list[torch.Tensor] = []
 
     # --- memory format and compilation ------------------------------------------------------
 
@@ -85,7 +86,10 @@ class MixedResNetModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
+        loss = self.step(batch, "train")
+        if self.range_test:
+            self.range_test_losses.append(loss.detach())  # raw, on the device; read once at the end
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.step(batch, "val")
