@@ -29,3 +29,23 @@ class CheckLogDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         make_dir_or_exit(config.hydra.sweep.dir, "sweep dir")
+
+
+class SweepSummary(Callback):
+    """When a multirun ends: summary.csv, summary.md and summary.png in the sweep dir.
+
+    The process then exits with 1 if any job did not complete, so a script sees the failure.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from resnet_onecycle.sweep_summary import write_summary
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        _, rows = write_summary(sweep_dir)
+        failed = [r["job"] for r in rows if r["status"] != "completed"]
+        print(f"Sweep summary: {sweep_dir / 'summary.md'} ({len(rows)} jobs, {len(failed)} not completed)")
+        if failed:
+            print(f"error: jobs {failed} did not complete; see {sweep_dir / 'summary.md'}", file=sys.stderr)
+            sys.exit(1)

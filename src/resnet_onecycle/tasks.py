@@ -152,6 +152,8 @@ def find_lr(cfg: DictConfig) -> dict:
     result = lr_range_test(cfg, datamodule, output_dir, loggers)
     for logger in loggers:
         logger.save()
+    print(f"Suggested max LR ({result['method']}): model.scheduler.max_lr={result['suggested_max_lr']:.4g}")
+    print(f"Plot: {output_dir / 'lr_find.png'}")
     return result
 
 

@@ -1,0 +1,79 @@
+"""Hydra multirun sweeps: job dirs, the sweep summary, failing jobs, the launchers and named sweeps."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+
+def sweep(tmp_path, image_tree, *overrides, timeout=600):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), "-m", "debug=fast", f"data.source={image_tree}",
+         f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'cache'}",
+         "data.subset=null", "data.test_subset=null", "data.batch_size=8", "callbacks.progress_bar.refresh_rate=0",
+         *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    return result, sweep_dir
+
+
+def summary_rows(sweep_dir):
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_job_sweep_gives_two_job_dirs_and_a_summary(tmp_path, image_tree):
+    result, sweep_dir = sweep(tmp_path, image_tree, "model.scheduler.max_lr=0.02,0.05")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert (sweep_dir / job / "metrics.json").is_file() and (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
+    rows = summary_rows(sweep_dir)
+    assert [(r["job"], r["model.scheduler.max_lr"], r["status"]) for r in rows] == [
+        ("0", "0.02", "completed"), ("1", "0.05", "completed")]
+    assert all(0 <= float(r["test_acc"]) <= 1 and float(r["wall_time_s"]) > 0 for r in rows)
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert "2 jobs, 2 completed, swept: model.scheduler.max_lr" in markdown
+    with Image.open(sweep_dir / "summary.png") as image:
+        assert image.size[0] >= 600
+
+
+def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, image_tree):
+    result, sweep_dir = sweep(tmp_path, image_tree, "hydra/launcher=parallel", "model.scheduler.max_lr=0.05,-1,0.1")
+    assert result.returncode == 1
+    assert "jobs [1] did not complete" in result.stderr
+    rows = summary_rows(sweep_dir)
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
+    assert "model.scheduler.max_lr=-1 must be a number greater than 0" in rows[1]["error"]
+    assert rows[0]["test_acc"] and rows[2]["test_acc"] and not rows[1]["test_acc"]
+    assert "Jobs that did not complete" in (sweep_dir / "summary.md").read_text()
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, image_tree):
+    result, sweep_dir = sweep(tmp_path, image_tree, "hydra/launcher=local", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep_dir / ".submitit").is_dir()  # the jobs went through submitit
+    rows = summary_rows(sweep_dir)
+    assert [(r["seed"], r["status"]) for r in rows] == [("1", "completed"), ("2", "completed")]
+
+
+def test_optuna_sweep_runs_trials_and_summarizes_them(tmp_path, image_tree):
+    result, sweep_dir = sweep(tmp_path, image_tree, "sweep=optuna", "hydra.sweeper.n_trials=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 2 and {"model.scheduler.max_lr", "model.optimizer.weight_decay"} <= set(rows[0])
+    assert all(0.005 <= float(r["model.scheduler.max_lr"]) <= 0.2 for r in rows)
+
+
+@pytest.mark.parametrize("name, key, values", [("max_lr", "model.scheduler.max_lr", "0.01,0.02,0.05"),
+                                               ("epochs", "trainer.max_epochs", "20,40")])
+def test_named_sweeps_set_the_sweeper_params(name, key, values):
+    result = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), f"sweep={name}", "--cfg", "hydra"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{key}: {values}" in result.stdout
