@@ -98,7 +98,8 @@ class MixedResNetModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.metrics["val_acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        # the same value on every process (val/acc is synced); sync_dist only states it
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.step(batch, "test")

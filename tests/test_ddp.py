@@ -1,0 +1,48 @@
+"""Lightning DDP with 2 CPU processes (gloo): the same steps and LR schedule as one process, and
+test metrics over the whole test split."""
+
+import json
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, write_image_tree
+
+
+def train(tmp_path, name, tree, *overrides):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), "debug=fast", f"data.source={tree}",
+         f"paths.log_dir={tmp_path / name}", f"paths.data_dir={tmp_path / 'cache'}",
+         "callbacks.progress_bar.refresh_rate=0", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / name / "train" / "runs").iterdir()
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def lrs(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("lr-SGD")]
+
+
+def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path):
+    tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)
+    single_dir, single = train(tmp_path, "single", tree)
+    ddp_dir, ddp = train(tmp_path, "ddp", tree, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                         "trainer.sync_batchnorm=false", "trainer.precision=32-true", "trainer.benchmark=null")
+    assert ddp["global_steps"] == single["global_steps"] == 2 * 8  # global batch 64: 8 steps per epoch
+    assert lrs(ddp_dir) == lrs(single_dir)
+    assert ddp["test_images"] == single["test_images"] == 256
+    assert (ddp_dir / "train_ddp_process_1.log").exists()  # there really was a second process
+    assert (ddp_dir / "report.md").exists() and not list(ddp_dir.glob("**/metrics_rank*"))
+    # The logged test accuracy is the whole split's: one process evaluating the same weights agrees.
+    result = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"),
+                             f"ckpt_path={ddp_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path / 'eval'}",
+                             "trainer.precision=32-true"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "eval" / "eval" / "runs").iterdir()
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["test/acc"] == ddp["test/acc"]
