@@ -46,3 +46,29 @@ def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path)
     (eval_dir,) = (tmp_path / "eval" / "eval" / "runs").iterdir()
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["test/acc"] == ddp["test/acc"]
+
+
+def test_sigterm_to_rank_zero_stops_every_process_at_the_same_step(tmp_path):
+    import signal
+    import time
+
+    tree = write_image_tree(tmp_path / "data")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "train.py"), "debug=fast", f"data.source={tree}", "data.subset=null",
+         "data.test_subset=null", "data.batch_size=8", "trainer.max_epochs=100", f"paths.log_dir={tmp_path / 'logs'}",
+         f"paths.data_dir={tmp_path / 'cache'}", "callbacks.progress_bar.refresh_rate=0", "trainer=ddp",
+         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false", "trainer.precision=32-true",
+         "trainer.benchmark=null"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "logs" / "train" / "runs"
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # rank 0 only; rank 1 learns of it through the all-reduce
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 143, stderr[-3000:]
+    (run_dir,) = runs.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs"] < 100
+    stops = [line for line in stderr.splitlines() if line.startswith("Interrupted by SIGTERM")]
+    assert len(stops) == 2 and len(set(stops)) == 1  # both processes stopped, at the same epoch and step

@@ -89,13 +89,20 @@ class RunGuard(L.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         # global_step already counts this step
         self.pending.append((trainer.global_step - 1, trainer.current_epoch, self.step_lr, loss.detach()))
+        # Decide once, from one reading of the flag: a signal landing after this line waits for the
+        # next step, so that every process takes the same branch.
+        stop = self.interrupted is not None
+        if trainer.world_size > 1:
+            # Every process stops at the same step (the save is collective), whichever got the signal;
+            # one small all-reduce per step, as Lightning's own SIGTERM handling does under DDP.
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-        if len(self.pending) >= self.check_every_n_steps or last_of_epoch or self.interrupted:
+        if len(self.pending) >= self.check_every_n_steps or last_of_epoch or stop:
             self.check(trainer)
-        if self.interrupted:
+        if stop:
             path = last_checkpoint_path(trainer)
             trainer.save_checkpoint(path)
-            raise TrainingInterrupted(self.interrupted, path)
+            raise TrainingInterrupted(self.interrupted or "SIGTERM", path)
 
     def check(self, trainer) -> None:
         pending, self.pending = self.pending, []
