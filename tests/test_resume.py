@@ -126,7 +126,7 @@ def test_divergence_names_the_lr_of_the_step():
     from resnet_onecycle.callbacks import RunGuard
 
     class Trainer:
-        global_step, current_epoch, num_training_batches = 7, 0, 100
+        global_step, current_epoch, num_training_batches, world_size = 7, 0, 100, 1
         optimizers = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.25)]
         checkpoint_callback, default_root_dir = None, "/nowhere"
         should_stop = False
