@@ -176,6 +176,8 @@ def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
 
 def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
     tmp, _, run_dir = trained_run
+    no_ckpt = script("eval.py", f"paths.log_dir={tmp_path}")
+    assert no_ckpt.returncode == 2 and "give ckpt_path=<run>/checkpoints/last.ckpt" in no_ckpt.stderr
     missing = script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.log_dir={tmp_path}")
     assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr
     other = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.net.width=0.25",

@@ -258,3 +258,14 @@ def test_archive_members_outside_train_and_test_are_ignored(image_tree, tmp_path
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(image_tree, arcname="wrapped")
     assert load_source(str(archive), tmp_path)["train"].images.shape[0] == 60
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"subset": 1000}, r"data\.subset=1000 is larger than the 60 images available"),
+    ({"test_subset": 31}, r"data\.test_subset=31 is larger than the 30 images available"),
+    ({"val_size": 60}, r"data\.val_size=60 leaves no training images out of 60"),
+])
+def test_splits_larger_than_the_data_are_refused(image_tree, tmp_path, kwargs, message):
+    dm = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path), **kwargs)
+    with pytest.raises(ValueError, match=message):
+        dm.setup("fit")

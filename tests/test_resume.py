@@ -193,3 +193,24 @@ def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
     assert metrics["status"] == "completed" and metrics["epochs"] == 40 and metrics["global_steps"] == 40 * 15
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config_before  # kept; the resume's lies beside
     assert list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    from omegaconf import OmegaConf
+
+    from resnet_onecycle.resume import resumed_config
+
+    cfg = OmegaConf.create({"resume": str(tmp_path / "run"), "paths": {}})
+    with pytest.raises(ConfigError, match=r"not a run dir \(no \.hydra/config\.yaml"):
+        resumed_config(cfg, [], set())
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("model: {scheduler: {max_lr: 0.02}}\n")
+    with pytest.raises(ConfigError, match=r"saved no checkpoints/last\.ckpt"):
+        resumed_config(cfg, [], set())
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"`experiment=seed` \(a config group\) cannot apply"):
+        resumed_config(cfg, ["resume=x", "experiment=seed"], {"experiment", "model"})
+    resumed = resumed_config(cfg, [f"resume={tmp_path / 'run'}"], {"experiment"})
+    assert resumed.ckpt_path == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert resumed.model.scheduler.max_lr == 0.02

@@ -92,6 +92,8 @@ def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
         ("model.scheduler.peak_epoch=2", "model.scheduler.peak_epoch=2 must be smaller than trainer.max_epochs=2"),
         ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz': no such file or folder"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
+        ("test_ckpt=middle", "test_ckpt='middle' must be `last` or `best`"),
+        ("resume=/no/such/run", "resume='/no/such/run': not a run dir"),
     ],
 )
 def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, message):
