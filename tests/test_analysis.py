@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from conftest import ROOT, class_images, compose_train, write_image_tree
 from resnet_onecycle.analysis import analyze
 from resnet_onecycle.analysis.gradcam import gradcam_maps
 from resnet_onecycle.analysis.predictions import predict
@@ -18,8 +19,6 @@ from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.lr_find import range_test_module, run_lr_find, steepest_descent
 from resnet_onecycle.models import MixedResNet
-
-from conftest import ROOT, class_images, compose_train, write_image_tree
 
 
 def script(name, *overrides, timeout=300):

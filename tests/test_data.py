@@ -8,11 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import class_images, make_tar, write_batches, write_image_tree
 from resnet_onecycle.data import Batches, CIFAR10DataModule, DataSourceError
 from resnet_onecycle.data.cache import cache_path, load_cached
 from resnet_onecycle.data.sources import CLASSES, load_source
-
-from conftest import class_images, make_tar, write_batches, write_image_tree
 
 
 def check_tree_splits(splits, n_train=6, n_test=3):
@@ -121,7 +120,8 @@ def test_archive_without_train_and_test(tmp_path):
 
 def test_unknown_and_missing_class_folders(image_tree, tmp_path):
     (image_tree / "test" / "cat").rename(image_tree / "test" / "kitten")
-    with pytest.raises(DataSourceError, match=r"test/ has unknown class folders \['kitten'\] and no images for classes \['cat'\]"):
+    message = r"test/ has unknown class folders \['kitten'\] and no images for classes \['cat'\]"
+    with pytest.raises(DataSourceError, match=message):
         load_source(str(image_tree), tmp_path)
 
 

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from resnet_onecycle.tasks import train
-
 from conftest import compose_train
+from resnet_onecycle.tasks import train
 
 
 @pytest.mark.integration

@@ -12,11 +12,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from conftest import ROOT, compose_train, write_image_tree
 from resnet_onecycle.callbacks import DivergenceError
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.tasks import train
-
-from conftest import ROOT, compose_train, write_image_tree
 
 # 3 epochs of 8 steps (60 training images, batches of 8), deterministic, on the CPU.
 SMALL = ["debug=fast", "data.subset=null", "data.test_subset=null", "data.batch_size=8",

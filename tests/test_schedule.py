@@ -5,9 +5,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from resnet_onecycle.schedule import one_cycle
-
 from conftest import compose_train
+from resnet_onecycle.schedule import one_cycle
 
 
 def trajectory(epochs: int, steps_per_epoch: int = 98, **kwargs) -> list[float]:

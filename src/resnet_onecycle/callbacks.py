@@ -31,8 +31,9 @@ class TrainingInterrupted(Exception):
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
     callback = trainer.checkpoint_callback
-    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else Path(trainer.default_root_dir) / "checkpoints"
-    return folder / "last.ckpt"
+    if callback is not None and callback.dirpath:
+        return Path(callback.dirpath) / "last.ckpt"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
 class RunGuard(L.Callback):

@@ -49,7 +49,8 @@ def check_config(cfg: DictConfig) -> None:
         )
     source = str(OmegaConf.select(cfg, "data.source"))
     if source != "download" and not Path(source).expanduser().exists():
-        raise DataSourceError(f"data.source={source!r}: no such file or folder ({Path(source).expanduser().resolve()}). {LAYOUTS}")
+        where = Path(source).expanduser().resolve()
+        raise DataSourceError(f"data.source={source!r}: no such file or folder ({where}). {LAYOUTS}")
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file.")

@@ -7,10 +7,10 @@ this turns epochs and an end LR into those, for whatever epochs and batch size a
 
 from __future__ import annotations
 
-from resnet_onecycle.errors import ConfigError
-
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
+
+from resnet_onecycle.errors import ConfigError
 
 
 def one_cycle(

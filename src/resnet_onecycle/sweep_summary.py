@@ -74,7 +74,8 @@ def write_markdown(path: Path, sweep_dir: Path, swept: list[str], rows: list[dic
         best = max(done, key=lambda r: r["test_acc"])
         setting = ", ".join(f"{k}={best['overrides'].get(k)}" for k in swept)
         lines += [f"Best final test accuracy: **{best['test_acc']:.4f}** (job {best['job']}: {setting}).", ""]
-    lines += ["| job | " + " | ".join([*swept, "status", "final test acc", "best test acc", "final test loss", "wall time (s)"]) + " |",
+    headings = [*swept, "status", "final test acc", "best test acc", "final test loss", "wall time (s)"]
+    lines += ["| job | " + " | ".join(headings) + " |",
               "| " + " | ".join(["---"] * (len(swept) + 6)) + " |"]
     for r in rows:
         lines.append("| " + " | ".join([str(r["job"]), *(str(r["overrides"].get(k, "")) for k in swept),

@@ -19,7 +19,13 @@ from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.lr_find import plot_lr_find, run_lr_find
 from resnet_onecycle.records import (
-    check_config, final_metrics, flat_hparams, instantiate_group, provenance, run_summary, write_hparams,
+    check_config,
+    final_metrics,
+    flat_hparams,
+    instantiate_group,
+    provenance,
+    run_summary,
+    write_hparams,
     write_metrics,
 )
 from resnet_onecycle.resume import check_same_schedule, resumed_config, run_dir_of, saved_config, with_overrides
@@ -138,7 +144,8 @@ def train(cfg: DictConfig) -> dict:
             summary["per_class_accuracy"] = analysis["per_class_accuracy"]
         summary["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_metrics(output_dir, summary)
-        log.info("test/acc %.4f  wall time %.1f s  -> %s", summary.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
+        log.info("test/acc %.4f  wall time %.1f s  -> %s",
+                 summary.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
     return summary
 
 

@@ -14,14 +14,17 @@ def recipe_rows(cfg: DictConfig, parameters: int) -> list[tuple[str, str]]:
     sched, opt, data = get("model.scheduler", {}), get("model.optimizer", {}), get("data", {})
     start = sched.get("max_lr", 0) / sched.get("div_factor", 10) if isinstance(sched.get("max_lr"), (int, float)) else "?"
     end = sched.get("end_lr") if sched.get("end_lr") is not None else start
-    augment = [f"random crop after {data.get('crop_padding')}-pixel {data.get('padding_mode')} padding" if data.get("crop_padding") else None,
+    crop = f"random crop after {data.get('crop_padding')}-pixel {data.get('padding_mode')} padding"
+    augment = [crop if data.get("crop_padding") else None,
                "horizontal flip" if data.get("flip") else None,
                f"cutout {data.get('cutout_size')}x{data.get('cutout_size')}" if data.get("cutout_size") else None]
     return [
         ("model", f"MixedResNet, width {get('model.net.width')}, {parameters:,} parameters"),
-        ("optimizer", f"SGD, momentum {opt.get('momentum')}, nesterov {opt.get('nesterov')}, weight decay {opt.get('weight_decay')}"),
-        ("LR schedule", f"one-cycle ({sched.get('anneal_strategy')}): {number(start)} -> {number(sched.get('max_lr'))} at the "
-                        f"end of epoch {sched.get('peak_epoch')} -> {number(end)}, momentum cycled: {sched.get('cycle_momentum')}"),
+        ("optimizer", f"SGD, momentum {opt.get('momentum')}, nesterov {opt.get('nesterov')}, "
+                      f"weight decay {opt.get('weight_decay')}"),
+        ("LR schedule", f"one-cycle ({sched.get('anneal_strategy')}): {number(start)} -> {number(sched.get('max_lr'))} "
+                        f"at the end of epoch {sched.get('peak_epoch')} -> {number(end)}, "
+                        f"momentum cycled: {sched.get('cycle_momentum')}"),
         ("batch size / epochs", f"{data.get('batch_size')} / {get('trainer.max_epochs')}"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
         ("precision", str(get("trainer.precision"))),

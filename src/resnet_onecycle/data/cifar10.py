@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from resnet_onecycle.errors import ConfigError
-
 import math
 from collections.abc import Callable, Iterator
 
@@ -13,6 +11,7 @@ import torch
 from resnet_onecycle.data.augment import augment, normalize
 from resnet_onecycle.data.cache import load_cached
 from resnet_onecycle.data.sources import CLASSES
+from resnet_onecycle.errors import ConfigError
 
 
 class Batches:

@@ -13,11 +13,11 @@ The global pool is a max-pool, as in cifar10-fast's version of this network.
 
 from __future__ import annotations
 
-from resnet_onecycle.errors import ConfigError
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from resnet_onecycle.errors import ConfigError
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
