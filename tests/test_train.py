@@ -93,6 +93,7 @@ def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
         ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz': no such file or folder"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
         ("test_ckpt=middle", "test_ckpt='middle' must be `last` or `best`"),
+        ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
         ("resume=/no/such/run", "resume='/no/such/run': not a run dir"),
     ],
 )

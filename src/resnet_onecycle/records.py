@@ -47,6 +47,9 @@ def check_config(cfg: DictConfig) -> None:
             f"model.scheduler.peak_epoch={peak} must be smaller than trainer.max_epochs={epochs}: "
             "the one-cycle LR needs epochs after its peak to come down. Lower peak_epoch or raise max_epochs."
         )
+    if OmegaConf.select(cfg, "trainer.sync_batchnorm") and OmegaConf.select(cfg, "trainer.accelerator") == "cpu":
+        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); "
+                          "with trainer.accelerator=cpu set trainer.sync_batchnorm=false.")
     source = str(OmegaConf.select(cfg, "data.source"))
     if source != "download" and not Path(source).expanduser().exists():
         where = Path(source).expanduser().resolve()
