@@ -122,7 +122,7 @@ class MixedResNetModule(L.LightningModule):
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = self.scheduler_factory(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         if self.saved_schedule is not None:
-            check_same_schedule(self.saved_schedule, schedule_of(scheduler.state_dict(), optimizer.param_groups[0]))
+            check_checkpoint_schedule(self.saved_schedule, schedule_of(scheduler.state_dict(), optimizer.param_groups[0]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -137,7 +137,7 @@ def schedule_of(scheduler_state: dict, param_group: dict) -> dict:
     }
 
 
-def check_same_schedule(saved: dict, now: dict) -> None:
+def check_checkpoint_schedule(saved: dict, now: dict) -> None:
     differs = [f"{key} {saved[key]:.6g} in the checkpoint, {now[key]:.6g} now" for key in saved
                if saved[key] is not None and now[key] is not None and not math.isclose(saved[key], now[key], rel_tol=1e-9)]
     if differs:
