@@ -147,6 +147,13 @@ def test_non_image_file_and_unreadable_image(image_tree, tmp_path):
         load_source(str(image_tree), tmp_path)
 
 
+def test_unreadable_batch_file_is_named(tmp_path):
+    folder = write_batches(tmp_path / "src")
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataSourceError, match=r"batch file 'data_batch_3' is unreadable"):
+        load_source(str(folder), tmp_path)
+
+
 def test_empty_split(tmp_path):
     folder = write_batches(tmp_path / "src")
     with open(folder / "test_batch", "wb") as f:

@@ -69,13 +69,14 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("stop_after_step", [4, 12])  # mid-epoch 0, mid-epoch 1
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, uninterrupted, stop_after_step):
     tree, reference, reference_weights = uninterrupted
+    before = signal.getsignal(signal.SIGTERM)
     sigterm = {"_target_": "test_resume.SendSignal", "at_step": stop_after_step}
     summary, run_dir = run(tmp_path, "b", tree, extra_callbacks=[sigterm])
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
     assert summary["global_steps"] == stop_after_step + 2  # the guard stops at the next step's end
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["resume"].endswith(f"resume={run_dir}")
-    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored after the run
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler restored after the run
 
     resumed, _ = run(tmp_path, "b", tree, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert resumed["status"] == "completed" and resumed["global_steps"] == 24 and resumed["epochs"] == 3

@@ -63,6 +63,7 @@ def test_momentum_left_alone_unless_cycled():
         ({"max_lr": 0.1, "peak_epoch": 10}, "peak_epoch"),
         ({"max_lr": 0.1, "peak_epoch": 0}, "peak_epoch"),
         ({"max_lr": 0.1, "end_lr": 0.5}, "end_lr"),
+        ({"max_lr": 0.1, "div_factor": 0}, "div_factor"),
     ],
 )
 def test_impossible_schedules_name_the_key(kwargs, key):
