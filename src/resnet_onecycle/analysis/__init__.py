@@ -71,5 +71,4 @@ def analyze(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes,
     write_report(out_dir / "report.md", title_text, metrics, cfg, parameters, classes, class_accuracy, pictures,
                  settings.gradcam_layer)
     return {"pictures": pictures, "per_class_accuracy": dict(zip(classes, class_accuracy)),
-            "analysis_test_acc": predictions.accuracy, "analysis_test_loss": predictions.loss,
             "misclassified_index": index.tolist()}
