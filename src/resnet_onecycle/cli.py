@@ -48,8 +48,10 @@ def run(task: Callable[[DictConfig], dict], cfg: DictConfig, result_key: str | N
             sys.exit(2)
         raise
     if summary.get("status") == "interrupted":
-        print(f"Interrupted by {summary['signal']} at epoch {summary['epochs']}, step {summary['global_steps']}; "
-              f"saved {summary['checkpoint']}.\nResume with: {summary['resume']}", file=sys.stderr)
+        # One write: under DDP every process prints this into the same stderr at the same moment.
+        sys.stderr.write(f"Interrupted by {summary['signal']} at epoch {summary['epochs']}, step "
+                         f"{summary['global_steps']}; saved {summary['checkpoint']}.\nResume with: {summary['resume']}\n")
+        sys.stderr.flush()
         if not in_sweep():
             sys.exit(130 if summary["signal"] == "SIGINT" else 143)
     return summary.get(result_key) if result_key else None
