@@ -78,12 +78,17 @@ class MixedResNetModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        # Metric objects accumulate on the device; nothing here waits for the GPU.
+        # Metric objects accumulate on the device; nothing here waits for the GPU. They are logged
+        # once per epoch (log_epoch): `self.log` of a Metric costs ~0.6 ms of host time per call.
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=loss.new_full((), len(labels)))
         self.metrics[f"{stage}_acc"].update(logits.detach(), labels)
-        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=False, on_epoch=True, prog_bar=stage != "train")
-        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def log_epoch(self, stage: str) -> None:
+        """The epoch's loss and accuracy: Lightning computes the Metric objects (synced across
+        processes) at the end of the hook, logs them, then resets them."""
+        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], prog_bar=stage != "train")
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.step(batch, "train")
@@ -94,7 +99,11 @@ class MixedResNetModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.step(batch, "val")
 
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch("train")
+
     def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.metrics["val_acc"].compute())
@@ -103,6 +112,9 @@ class MixedResNetModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
 
     # --- optimizer and schedule ------------------------------------------------------------------
 

@@ -30,8 +30,9 @@ def plot_curves(scalars: dict, val_is_test: bool):
         ax.grid(alpha=0.3)
         ax.legend()
     lrs = scalars.get("lr-SGD", [])
-    epochs = max(1, len(scalars.get("train/loss", [])))
-    steps_per_epoch = (lrs[-1][0] + 1) / epochs if lrs else 1
+    # epoch k's train/loss is logged at its last step, k * steps_per_epoch - 1
+    train_steps = [s for s, _ in scalars.get("train/loss", [])]
+    steps_per_epoch = train_steps[0] + 1 if train_steps else (lrs[-1][0] + 1 if lrs else 1)
     # the LR of step s is drawn at the end of that step, so epoch k's steps end at x = k
     axes[2].plot([(s + 1) / steps_per_epoch for s, _ in lrs], [v for _, v in lrs], color="tab:red")
     axes[2].set_xlabel("epoch")
