@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements, in order of importance, each stage skipped when too little time is left.
+# The GPU measurements, in order of importance, each stage skipped when too little time is left:
+# throughput against the plain loop first, then the seed's 40 epochs, eager then compiled.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -34,9 +35,10 @@ bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
-bench bench_bf16 40                      # project vs plain loop, bf16, eager
-train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
-train seed_bf16_compiled 100 model.compile=true
+python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
+bench bench_bf16 40                      # project vs plain loop, bf16, eager (builds the data cache)
+train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
 bench bench_bf16_compiled 100 model.compile=true
+train seed_bf16_compiled 100 model.compile=true
+train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
 echo "== done in $SECONDS s"
