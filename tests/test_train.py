@@ -47,20 +47,27 @@ def test_run_writes_metrics_json(debug_run):
     assert metrics["test/acc"] > 0.3
 
 
-def test_last_ckpt_is_the_last_epoch_even_when_val_acc_did_not_improve(tmp_path):
+def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path):
     from conftest import write_image_tree
 
     tree = write_image_tree(tmp_path / "data-src", n_train=52, n_test=26)
     # the lowest epoch as "best": no epoch after the first improves
     result = run_train("debug=fast", f"data.source={tree}", f"paths.log_dir={tmp_path / 'logs'}",
                        f"paths.data_dir={tmp_path / 'cache'}", "trainer.max_epochs=3", "analysis.enabled=false",
-                       "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min")
+                       "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
+                       "test_ckpt=best")
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     checkpoints = run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 3 * 8
+    # validation runs on the test split: the best epoch's weights test as that epoch validated
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    val_acc = [e.value for e in events.Scalars("val/acc")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(val_acc[0]) and val_acc[0] != val_acc[-1]
 
 
 def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
