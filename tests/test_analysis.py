@@ -173,7 +173,8 @@ def test_training_run_writes_lr_find_pictures_and_report(trained_run):
 
 def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
     tmp, _, run_dir = trained_run
-    result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}")
+    result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}",
+                    f"paths.data_dir={tmp / 'cache'}")
     assert result.returncode == 0, result.stderr[-3000:]
     (eval_dir,) = (tmp / "logs" / "eval" / "runs").iterdir()
     trained = json.loads((run_dir / "metrics.json").read_text())
@@ -191,7 +192,7 @@ def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
     missing = script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.log_dir={tmp_path}")
     assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr
     other = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.net.width=0.25",
-                   f"paths.log_dir={tmp_path}")
+                   f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'cache'}")
     assert other.returncode == 2 and "holds another model than this config's (model.net.width=0.25)" in other.stderr
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")

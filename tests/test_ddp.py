@@ -41,6 +41,7 @@ def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path)
     # The logged test accuracy is the whole split's: one process evaluating the same weights agrees.
     result = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"),
                              f"ckpt_path={ddp_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path / 'eval'}",
+                             f"paths.data_dir={tmp_path / 'cache'}",
                              "trainer.precision=32-true"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,17 +20,21 @@ def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory):
+def train_debug(tmp: Path, *overrides: str) -> tuple[Path, Path]:
+    """`debug=fast` on 512 written training images; returns the run dir and the image tree."""
     from conftest import write_image_tree
 
-    tmp = tmp_path_factory.mktemp("debug_run")
     tree = write_image_tree(tmp / "data-src", n_train=52, n_test=26)
     result = run_train("debug=fast", f"data.source={tree}", f"paths.log_dir={tmp / 'logs'}",
-                       f"paths.data_dir={tmp / 'cache'}", "seed=7", "model.scheduler.max_lr=0.1")
+                       f"paths.data_dir={tmp / 'cache'}", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp / "logs" / "train" / "runs").iterdir()
     return run_dir, tree
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    return train_debug(tmp_path_factory.mktemp("debug_run"), "seed=7", "model.scheduler.max_lr=0.1")
 
 
 def test_run_writes_metrics_json(debug_run):
@@ -48,16 +52,9 @@ def test_run_writes_metrics_json(debug_run):
 
 
 def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path):
-    from conftest import write_image_tree
-
-    tree = write_image_tree(tmp_path / "data-src", n_train=52, n_test=26)
     # the lowest epoch as "best": no epoch after the first improves
-    result = run_train("debug=fast", f"data.source={tree}", f"paths.log_dir={tmp_path / 'logs'}",
-                       f"paths.data_dir={tmp_path / 'cache'}", "trainer.max_epochs=3", "analysis.enabled=false",
-                       "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
-                       "test_ckpt=best")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    run_dir, _ = train_debug(tmp_path, "trainer.max_epochs=3", "analysis.enabled=false", "test_ckpt=best",
+                             "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min")
     checkpoints = run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
@@ -71,13 +68,7 @@ def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path)
 
 
 def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
-    from conftest import write_image_tree
-
-    tree = write_image_tree(tmp_path / "data-src", n_train=52, n_test=26)
-    result = run_train("debug=fast", f"data.source={tree}", f"paths.log_dir={tmp_path / 'logs'}",
-                       f"paths.data_dir={tmp_path / 'cache'}", "model.compile=true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    run_dir, _ = train_debug(tmp_path, "model.compile=true")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # Not compared step by step with an eager run: the same batches and weights give the same first
     # losses, but the fused kernels' rounding grows chaotically within a few steps at this scale.
