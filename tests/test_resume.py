@@ -185,7 +185,7 @@ def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
     assert "trainer.max_epochs: 40 in the run, 41 now" in refused.stderr
 
     resumed = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), f"resume={run_dir}",
-                              "callbacks.progress_bar.refresh_rate=0"],
+                              "callbacks.progress_bar.refresh_rate=0", f"paths.data_dir={tmp_path / 'cache'}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert list(runs.iterdir()) == [run_dir]  # the same run dir, no new one
