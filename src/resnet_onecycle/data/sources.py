@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 import zlib
@@ -144,9 +145,9 @@ def read_images(members: dict[str, object], read, root: str, source: str) -> dic
         if len(parts) != 3 or parts[0] not in SPLITS:
             continue
         split, cls, file = parts
-        if Path(file).name.startswith("."):
+        if file.startswith("."):
             continue  # hidden files such as .DS_Store
-        if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
+        if os.path.splitext(file)[1].lower() not in IMAGE_SUFFIXES:
             raise DataSourceError(
                 f"data.source={source!r}: {name!r} is not a .png or .jpg image; "
                 f"{split}/<class>/ folders must hold images only."
