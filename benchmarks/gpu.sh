@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# throughput against the plain loop first, then the seed's 40 epochs, eager then compiled.
+# throughput against the plain loop first, then the seed's 40 epochs: eager (with checkpoints
+# written in the background, then in the loop), compiled, fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -23,7 +24,7 @@ train() {  # train NAME NEEDED_SECONDS OVERRIDES...
   echo "== $name ($(left) s left)"
   timeout $(( $(left) - 5 )) python3 src/train.py $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -vE "it/s|^\s*$|warn" | tail -n 12
   local run; run=$(ls -td "$work"/logs/train/runs/* | head -n 1)
-  python3 benchmarks/run_summary.py "$run" --json "$OUT/$name.json" | grep -E '"(test/acc|wall_time_s|fit_time_s|epoch_time_s_median|device)"'
+  python3 benchmarks/run_summary.py "$run" --json "$OUT/$name.json" | grep -E '"(test/acc|wall_time_s|fit_time_s|epoch_time_s_median|startup_s|device)"'
 }
 
 bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
@@ -38,6 +39,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 bench bench_bf16 40                      # project vs plain loop, bf16, eager (builds the data cache)
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
+train seed_bf16_sync_writes 60 trainer.plugins=null  # the same, checkpoints written in the loop
 bench bench_bf16_compiled 100 model.compile=true
 train seed_bf16_compiled 100 model.compile=true
 train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false

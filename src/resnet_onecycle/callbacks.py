@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from resnet_onecycle.errors import UserError
 
@@ -152,3 +155,60 @@ class RNGStates(L.Callback):
         random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class AsyncCheckpointWrites(TorchCheckpointIO):
+    """Checkpoints written by a background thread, so that an epoch's end does not wait for
+    serialization and the disk (two ~53 MB files in an epoch whose val/acc improves).
+
+    The tensors are cloned on the calling thread first: the file holds the weights of the moment
+    it was asked for, whatever training does next. Writes, then removals, run one at a time in
+    the order they were asked for, so ModelCheckpoint's top-k clean-up never deletes a file
+    whose write is still queued (Lightning's own AsyncCheckpointIO removes at once:
+    Lightning-AI/pytorch-lightning#14035). A load, and the end of every fit / test, wait for the
+    queued writes; an error in a write is raised on the next call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executor: ThreadPoolExecutor | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, fn, *args) -> None:
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as error:  # noqa: BLE001 - raised on the caller's thread, next call
+                self.error = error
+
+        self.raise_error()
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writes")
+        self.executor.submit(run)
+
+    def raise_error(self) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def wait(self) -> None:
+        if self.executor is not None:
+            self.executor.submit(lambda: None).result()
+        self.raise_error()
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        self.submit(super().save_checkpoint, snapshot, path, storage_options)
+
+    def remove_checkpoint(self, path) -> None:
+        self.submit(super().remove_checkpoint, path)
+
+    def load_checkpoint(self, *args, **kwargs):
+        self.wait()
+        return super().load_checkpoint(*args, **kwargs)
+
+    def teardown(self) -> None:
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self.raise_error()

@@ -1,0 +1,85 @@
+"""Checkpoints written in the background (AsyncCheckpointWrites): what they hold, and in what order.
+
+Writes are slowed down here, so that every later call finds them still queued.
+"""
+
+import time
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+from torch import nn
+
+from resnet_onecycle.callbacks import AsyncCheckpointWrites
+
+
+@pytest.fixture
+def slow_writes(monkeypatch):
+    save = TorchCheckpointIO.save_checkpoint
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.2)
+        save(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_save)
+
+
+def test_a_checkpoint_holds_the_values_of_the_moment_it_was_asked_for(tmp_path, slow_writes):
+    io = AsyncCheckpointWrites()
+    weights = torch.zeros(3)
+    io.save_checkpoint({"w": weights}, tmp_path / "a.ckpt")
+    weights.add_(1)  # training goes on while the write is queued
+    assert not (tmp_path / "a.ckpt").exists()  # the caller did not wait for the write
+    assert torch.equal(io.load_checkpoint(tmp_path / "a.ckpt")["w"], torch.zeros(3))  # the load waited for it
+    io.teardown()
+
+
+def test_writes_and_removals_keep_their_order(tmp_path, slow_writes):
+    io = AsyncCheckpointWrites()
+    for name in ("a.ckpt", "b.ckpt"):
+        io.save_checkpoint({"name": name}, tmp_path / name)
+    io.remove_checkpoint(tmp_path / "a.ckpt")  # asked for while a.ckpt's write is still queued
+    io.save_checkpoint({"name": "b2"}, tmp_path / "b.ckpt")
+    io.teardown()
+    assert [p.name for p in tmp_path.iterdir()] == ["b.ckpt"]
+    assert torch.load(tmp_path / "b.ckpt")["name"] == "b2"
+
+
+def test_a_failed_write_is_raised_on_the_next_call(tmp_path):
+    io = AsyncCheckpointWrites()
+    (tmp_path / "file").write_text("not a folder")
+    io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "file" / "a.ckpt")
+    with pytest.raises(OSError):
+        io.teardown()
+    io.teardown()  # raised once
+
+
+class Tiny(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("epoch_number", float(self.current_epoch))  # improves (max) every epoch
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("io, stale_files_left", [(AsyncCheckpointWrites, False), (AsyncCheckpointIO, True)])
+def test_top_k_cleanup_deletes_every_older_best(tmp_path, slow_writes, io, stale_files_left):
+    """Lightning's AsyncCheckpointIO (the control) removes at once, before the queued write lands,
+    which leaves older 'best' files behind; here they are all gone."""
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="e{epoch}", monitor="epoch_number", mode="max",
+                                 save_top_k=1, auto_insert_metric_name=False)
+    trainer = L.Trainer(max_epochs=3, callbacks=[checkpoint], plugins=[io()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), data, data)
+    assert any(p.name != "e2.ckpt" for p in tmp_path.iterdir()) == stale_files_left
+    assert (tmp_path / "e2.ckpt").exists()
