@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
 # throughput against the plain loop first, then the seed's 40 epochs: eager (with checkpoints
-# written in the background, then in the loop), compiled, fp32.
+# written in the background, then in the loop), compiled, fp32, eager again with another seed;
+# last, the throughput with CUDA graphs (model.compile=reduce-overhead).
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -43,4 +44,6 @@ train seed_bf16_sync_writes 60 trainer.plugins=null  # the same, checkpoints wri
 bench bench_bf16_compiled 100 model.compile=true
 train seed_bf16_compiled 100 model.compile=true
 train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
+train seed_bf16_seed43 60 seed=43        # a second seed: the run-to-run noise the accuracies are compared with
+bench bench_bf16_reduce_overhead 100 model.compile=reduce-overhead  # CUDA graphs: what is left of host overhead
 echo "== done in $SECONDS s"

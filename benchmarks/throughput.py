@@ -32,6 +32,7 @@ from hydra.utils import instantiate
 
 from resnet_onecycle.data.augment import augment, normalize
 from resnet_onecycle.data.cifar10 import Batches
+from resnet_onecycle.module import compile_mode
 from resnet_onecycle.tasks import instantiate_group
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -81,7 +82,7 @@ def plain(cfg, epochs: int, device: torch.device) -> list[float]:
     net = instantiate(cfg.model.net).to(device)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    forward = torch.compile(net) if cfg.model.compile else net
+    forward = torch.compile(net, mode=compile_mode(cfg.model.compile)) if cfg.model.compile else net
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
     scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=epochs * len(batches), steps_per_epoch=len(batches))
     precision = str(cfg.trainer.precision)

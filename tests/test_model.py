@@ -79,3 +79,25 @@ def test_width_scales_channels_and_keeps_the_layer_structure():
 def test_non_positive_width_is_refused_with_the_key(width):
     with pytest.raises(ValueError, match=r"model\.net\.width"):
         MixedResNet(width=width)
+
+
+@pytest.mark.parametrize("setting, mode", [(True, None), ("reduce-overhead", "reduce-overhead"),
+                                           ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_model_compile_passes_its_mode_to_torch_compile(monkeypatch, setting, mode):
+    from functools import partial
+
+    from resnet_onecycle.module import MixedResNetModule
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+    module = MixedResNetModule(MixedResNet(width=0.0625), partial(torch.optim.SGD, lr=0.1), None, compile=setting)
+    module.setup("fit")
+    assert modes == [mode]
+
+
+def test_unknown_compile_mode_is_refused_when_the_model_is_built():
+    from resnet_onecycle.errors import ConfigError
+    from resnet_onecycle.module import MixedResNetModule
+
+    with pytest.raises(ConfigError, match=r"model\.compile='fast'.*reduce-overhead"):
+        MixedResNetModule(MixedResNet(width=0.0625), None, None, compile="fast")

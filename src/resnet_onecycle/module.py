@@ -14,6 +14,17 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from resnet_onecycle.errors import ConfigError
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(setting: bool | str) -> str | None:
+    """`model.compile`: false, true (torch.compile's default mode) or one of its modes, checked
+    when the model is built, before any data is read or compiled."""
+    if setting is True or setting is False or setting in COMPILE_MODES:
+        return None if isinstance(setting, bool) else setting
+    raise ConfigError(f"model.compile={setting!r}: use false, true (torch.compile's default mode) or a mode: "
+                      + ", ".join(COMPILE_MODES) + ".")
+
 
 class MixedResNetModule(L.LightningModule):
     """Wraps a plain `nn.Module` classifier.
@@ -31,9 +42,10 @@ class MixedResNetModule(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
         num_classes: int = 10,
         channels_last: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
+        compile_mode(compile)
         # Only plain values go into checkpoints (the partials stay out), so they load with weights_only.
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -63,7 +75,7 @@ class MixedResNetModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and self.compiled_forward is None:
             # Compile the bound forward, not the module, so checkpoints keep plain parameter names.
-            self.compiled_forward = torch.compile(self.net.forward)
+            self.compiled_forward = torch.compile(self.net.forward, mode=compile_mode(self.hparams.compile))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
