@@ -10,6 +10,7 @@ import time
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import open_dict
 
 from conftest import ROOT, compose_train, write_image_tree
@@ -107,15 +108,17 @@ def test_resuming_with_another_schedule_is_refused_by_the_checkpoint(tmp_path, u
         run(tmp_path, "c", tree, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.scheduler.max_lr=0.2")
 
 
-def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, uninterrupted):
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, uninterrupted, monkeypatch):
     tree, _, _ = uninterrupted
+    save = TorchCheckpointIO.save_checkpoint  # slow writes: epoch 0's is still queued when the loss turns NaN
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", lambda *a, **k: (time.sleep(1), save(*a, **k)))
     poison = {"_target_": "test_resume.PoisonWeights", "at_step": 11}  # epoch 1; the loss of step 12 is NaN
     with pytest.raises(DivergenceError) as error:
         run(tmp_path, "d", tree, extra_callbacks=[poison])
     message = str(error.value)
     assert "loss became nan at step 12 (epoch 1)" in message and "model.scheduler.max_lr" in message
     run_dir = tmp_path / "d" / "run"
-    assert str(run_dir / "checkpoints" / "last.ckpt") in message
+    assert f"The last good checkpoint, {run_dir / 'checkpoints' / 'last.ckpt'}, is kept." in message
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 0  # saved after epoch 0; nothing was saved once the loss was NaN
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
@@ -128,7 +131,7 @@ def test_divergence_names_the_lr_of_the_step():
     class Trainer:
         global_step, current_epoch, num_training_batches, world_size = 7, 0, 100, 1
         optimizers = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.25)]
-        checkpoint_callback, default_root_dir = None, "/nowhere"
+        checkpoint_callback, default_root_dir, strategy = None, "/nowhere", None
         should_stop = False
         lightning_module = None
 

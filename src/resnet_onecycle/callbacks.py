@@ -115,6 +115,9 @@ class RunGuard(L.Callback):
             return
         step, epoch, lr, loss = pending[finite.index(False)]
         last = last_checkpoint_path(trainer)
+        writes = getattr(trainer.strategy, "checkpoint_io", None)
+        if isinstance(writes, AsyncCheckpointWrites):
+            writes.wait()  # a checkpoint still being written is there once this returns
         kept = f"The last good checkpoint, {last}, is kept." if last.exists() else "No checkpoint was saved before it."
         max_lr = trainer.optimizers[0].param_groups[0].get("max_lr", "?")  # set by OneCycleLR
         raise DivergenceError(
