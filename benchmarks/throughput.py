@@ -7,7 +7,9 @@
     model, SGD + OneCycleLR, batch size, precision and memory format.
 
 Each runs `--epochs` epochs; the first is start-up (cudnn autotuning, compilation, caches) and
-is reported apart; steady state is the median of the others. Prints one JSON object.
+is reported apart; steady state is the median of the others. `--rounds N` runs the pair N times
+over and pools the steady epochs, so that a shared machine's slow drifts weigh on both paths
+alike. Prints one JSON object.
 
     python benchmarks/throughput.py experiment=cpu_quick data.source=../shared/data/cifar10-jpeg.tar.gz
     python benchmarks/throughput.py --epochs 6 experiment=seed trainer=gpu data.source=...
@@ -105,15 +107,22 @@ def plain(cfg, epochs: int, device: torch.device) -> list[float]:
     return times
 
 
-def summarize(times: list[float], images: int) -> dict:
-    steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    return {"first_epoch_s": round(times[0], 3), "steady_epoch_s": round(steady, 3),
-            "images_per_s": round(images / steady, 1), "epoch_times_s": [round(t, 3) for t in times]}
+def steady(times: list[float]) -> float:
+    return statistics.median(times[1:]) if len(times) > 1 else times[0]
+
+
+def summarize(rounds: list[list[float]], images: int) -> dict:
+    """Steady state: the median of every round's epochs but its first."""
+    median = statistics.median(t for times in rounds for t in (times[1:] or times))
+    return {"first_epoch_s": round(rounds[0][0], 3), "steady_epoch_s": round(median, 3),
+            "images_per_s": round(images / median, 1), "epoch_times_s": [[round(t, 3) for t in r] for r in rounds]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per path; the first counts as start-up")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="project then plain, this many times over: slow drifts of a shared machine cancel out")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
@@ -123,19 +132,23 @@ def main() -> None:
         # Throughput does not depend on the LR; the peak only has to fall inside the short run.
         cfg = compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={out}", *args.overrides,
                                           f"model.scheduler.peak_epoch={args.epochs / 2}"])
-        L.seed_everything(cfg.seed, workers=True)
-        project_times, images, device = project(cfg, args.epochs)
-        L.seed_everything(cfg.seed, workers=True)
-        plain_times = plain(cfg, args.epochs, device)
+        project_rounds, plain_rounds = [], []
+        for _ in range(args.rounds):
+            L.seed_everything(cfg.seed, workers=True)
+            times, images, device = project(cfg, args.epochs)
+            project_rounds.append(times)
+            L.seed_everything(cfg.seed, workers=True)
+            plain_rounds.append(plain(cfg, args.epochs, device))
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "lightning": L.__version__, "date": time.strftime("%Y-%m-%d"),
         "overrides": args.overrides, "train_images": images, "batch_size": cfg.data.batch_size,
         "width": cfg.model.net.width, "precision": str(cfg.trainer.precision), "compile": cfg.model.compile,
-        "project": summarize(project_times, images), "plain": summarize(plain_times, images),
+        "project": summarize(project_rounds, images), "plain": summarize(plain_rounds, images),
     }
     result["ratio_project_over_plain"] = round(result["project"]["images_per_s"] / result["plain"]["images_per_s"], 3)
+    result["ratio_per_round"] = [round(steady(b) / steady(a), 3) for a, b in zip(project_rounds, plain_rounds)]
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
