@@ -32,13 +32,13 @@ bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
   if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
   echo "== $name ($(left) s left)"
-  timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --epochs "$BENCH_EPOCHS" --json "$OUT/$name.json" \
-    $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|device)"|Error|error'
+  timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --epochs "$BENCH_EPOCHS" --rounds "${ROUNDS:-1}" --json "$OUT/$name.json" \
+    $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|device)"|ratio_per_round|Error|error'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-bench bench_bf16 40                      # project vs plain loop, bf16, eager (builds the data cache)
+ROUNDS=2 bench bench_bf16 60             # project vs plain loop, bf16, eager, twice over (builds the data cache)
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
 train seed_bf16_sync_writes 60 trainer.plugins=null  # the same, checkpoints written in the loop
 bench bench_bf16_compiled 100 model.compile=true
