@@ -32,7 +32,8 @@ def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path)
     tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)
     single_dir, single = train(tmp_path, "single", tree)
     ddp_dir, ddp = train(tmp_path, "ddp", tree, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                         "trainer.sync_batchnorm=false", "trainer.precision=32-true", "trainer.benchmark=null")
+                         "trainer.sync_batchnorm=false", "trainer.precision=32-true", "trainer.benchmark=null",
+                         "test_ckpt=best", "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=max")
     assert ddp["global_steps"] == single["global_steps"] == 2 * 8  # global batch 64: 8 steps per epoch
     assert lrs(ddp_dir) == lrs(single_dir)
     assert ddp["test_images"] == single["test_images"] == 256

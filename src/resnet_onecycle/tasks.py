@@ -130,6 +130,8 @@ def train(cfg: DictConfig) -> dict:
     fit_metrics = final_metrics(trainer)  # test() replaces the trainer's metrics with its own
     if cfg.get("test"):
         ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback else None
+        if ckpt is not None:  # rank 0 waited for its background checkpoint writes when fit ended
+            trainer.strategy.barrier("checkpoints written")
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
     summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **fit_metrics,
                "fit_time_s": round(fit_time, 2), **lr_find_record}
