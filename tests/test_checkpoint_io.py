@@ -20,7 +20,7 @@ def slow_writes(monkeypatch):
     save = TorchCheckpointIO.save_checkpoint
 
     def slow_save(self, *args, **kwargs):
-        time.sleep(0.2)
+        time.sleep(0.5)
         save(self, *args, **kwargs)
 
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_save)
