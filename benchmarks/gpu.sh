@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# throughput against the plain loop first, then the seed's 40 epochs: eager (with checkpoints
-# written in the background, then in the loop), compiled, fp32, eager again with another seed;
-# last, the throughput with CUDA graphs (model.compile=reduce-overhead).
+# throughput against the plain loop first, host syncs and launches per step, then the seed's
+# 40 epochs: eager (with checkpoints written in the background, then in the loop), compiled,
+# fp32, eager again with another seed; last, the throughput with CUDA graphs
+# (model.compile=reduce-overhead).
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -36,9 +37,18 @@ bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
     $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|device)"|ratio_per_round|Error|error'
 }
 
+syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
+  local name=$1 need=$2; shift 2
+  if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
+  echo "== $name ($(left) s left)"
+  timeout $(( $(left) - 5 )) python3 benchmarks/host_syncs.py --json "$OUT/$name.json" $RECIPE "${common[@]}" "$@" 2>&1 \
+    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|Error|error'
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 ROUNDS=2 bench bench_bf16 60             # project vs plain loop, bf16, eager, twice over (builds the data cache)
+syncs host_syncs_bf16 40                 # host syncs and kernel launches per step, project and plain
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
 train seed_bf16_sync_writes 60 trainer.plugins=null  # the same, checkpoints written in the loop
 bench bench_bf16_compiled 100 model.compile=true

@@ -60,13 +60,13 @@ class EpochTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def project(cfg, epochs: int) -> tuple[list[float], int, torch.device]:
+def project(cfg, epochs: int, extra_callbacks=()) -> tuple[list[float], int, torch.device]:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
     timer = EpochTimer()
     callbacks = [c for c in instantiate_group(cfg.callbacks) if not isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
     trainer = instantiate(
-        cfg.trainer, max_epochs=epochs, callbacks=[*callbacks, timer], logger=instantiate_group(cfg.logger),
+        cfg.trainer, max_epochs=epochs, callbacks=[*extra_callbacks, *callbacks, timer], logger=instantiate_group(cfg.logger),
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=datamodule)
@@ -74,7 +74,7 @@ def project(cfg, epochs: int) -> tuple[list[float], int, torch.device]:
     return timer.times, len(datamodule.splits["train"][1]), trainer.strategy.root_device
 
 
-def plain(cfg, epochs: int, device: torch.device) -> list[float]:
+def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None) -> list[float]:
     """The same work by hand: nothing but tensors, the net, SGD and OneCycleLR."""
     torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark"))
     datamodule = instantiate(cfg.data)
@@ -90,7 +90,7 @@ def plain(cfg, epochs: int, device: torch.device) -> list[float]:
     precision = str(cfg.trainer.precision)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
     d = cfg.data
-    times = []
+    times, step = [], 0
     for _ in range(epochs):
         sync(device)
         start = time.perf_counter()
@@ -102,6 +102,8 @@ def plain(cfg, epochs: int, device: torch.device) -> list[float]:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            after_step(step)
+            step += 1
         sync(device)
         times.append(time.perf_counter() - start)
     return times

@@ -1,0 +1,94 @@
+"""Host syncs and kernel launches per training step, counted by torch.profiler on a GPU: the
+project's full path (`Trainer.fit`, as in throughput.py) against the plain loop.
+
+A host sync (`cudaStreamSynchronize`, `cudaDeviceSynchronize`, `cudaEventSynchronize`: what
+`.item()`, `float(t)` or a copy to the host wait on) makes the host wait until the GPU's queue
+is empty, so the GPU then idles while the host prepares the next kernels; each kernel launch
+costs host time. Steps `--start` to `--stop` of the first epoch are recorded whole, batch fetch
+to optimizer step. Prints one JSON object. On a CPU only `aten::_local_scalar_dense` is counted.
+
+    python benchmarks/host_syncs.py experiment=seed trainer=gpu data.source=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from throughput import CONFIGS, plain, project
+from torch.profiler import ProfilerActivity, profile
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+class Window:
+    """Profiles from the end of step `start - 1` to the end of step `stop - 1`."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop, self.profiler, self.counts = start, stop, None, {}
+
+    def after_step(self, step: int) -> None:
+        if step == self.start - 1:
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+        elif step == self.stop - 1 and self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            steps = self.stop - self.start
+            totals = {e.key: e.count for e in self.profiler.key_averages()}
+            self.counts = {
+                "syncs_per_step": {name: totals.get(name, 0) / steps for name in SYNCS},
+                "kernel_launches_per_step": sum(totals.get(name, 0) for name in LAUNCHES) / steps,
+                "aten_ops_per_step": sum(n for key, n in totals.items() if key.startswith("aten::")) / steps,
+            }
+
+
+class StepWindow(L.Callback):
+    def __init__(self, window: Window) -> None:
+        self.window = window
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.window.after_step(trainer.global_step - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--start", type=int, default=10, help="first step recorded (after cuDNN autotuning)")
+    parser.add_argument("--stop", type=int, default=30, help="first step not recorded")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={Path.cwd()}", f"paths.output_dir={out}", *args.overrides,
+                                          "model.scheduler.peak_epoch=0.5"])
+        project_window, plain_window = Window(args.start, args.stop), Window(args.start, args.stop)
+        L.seed_everything(cfg.seed, workers=True)
+        _, _, device = project(cfg, 1, extra_callbacks=[StepWindow(project_window)])
+        L.seed_everything(cfg.seed, workers=True)
+        plain(cfg, 1, device, after_step=plain_window.after_step)
+
+    if not project_window.counts or not plain_window.counts:
+        sys.exit(f"an epoch has fewer than --stop={args.stop} steps: lower --start/--stop or raise data.subset")
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "lightning": L.__version__, "date": time.strftime("%Y-%m-%d"),
+        "overrides": args.overrides, "steps": [args.start, args.stop],
+        "project": project_window.counts, "plain": plain_window.counts,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
