@@ -36,6 +36,15 @@ def test_a_checkpoint_holds_the_values_of_the_moment_it_was_asked_for(tmp_path, 
     io.teardown()
 
 
+def test_a_checkpoint_keeps_the_state_dicts_module_versions(tmp_path):
+    io = AsyncCheckpointWrites()
+    state_dict = nn.BatchNorm2d(3).state_dict()
+    io.save_checkpoint({"state_dict": state_dict}, tmp_path / "a.ckpt")
+    loaded = io.load_checkpoint(tmp_path / "a.ckpt")["state_dict"]
+    assert loaded._metadata == state_dict._metadata == {"": {"version": 2}}
+    io.teardown()
+
+
 def test_writes_and_removals_keep_their_order(tmp_path, slow_writes):
     io = AsyncCheckpointWrites()
     for name in ("a.ckpt", "b.ckpt"):

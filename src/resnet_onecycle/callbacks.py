@@ -201,6 +201,9 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        state_dict = checkpoint.get("state_dict")
+        if hasattr(state_dict, "_metadata"):  # module versions, which load_state_dict reads; the copy drops them
+            snapshot["state_dict"]._metadata = state_dict._metadata
         self.submit(super().save_checkpoint, snapshot, path, storage_options)
 
     def remove_checkpoint(self, path) -> None:
