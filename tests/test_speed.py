@@ -16,9 +16,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import compose_train, write_image_tree
 from resnet_onecycle.records import instantiate_group
 
-# aten ops whose CUDA kernels copy a value to the host and wait for it
+# aten ops whose CUDA kernels copy a value to the host and wait for it, and `lift_fresh`: a tensor
+# made from host values (`torch.tensor(x, device=...)`), on a GPU a copy from host memory that waits
 SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::bincount", "aten::_unique", "aten::_unique2",
-           "aten::unique_dim", "aten::unique_consecutive", "aten::masked_select"}
+           "aten::unique_dim", "aten::unique_consecutive", "aten::masked_select", "aten::lift_fresh"}
 
 
 class OpRecorder(TorchDispatchMode):
@@ -64,7 +65,8 @@ def test_the_recorder_sees_a_host_sync():
     with OpRecorder() as recorder:
         torch.ones(3).sum().item()
         bool(torch.ones(1) > 0)
-    assert recorder.ops["aten::_local_scalar_dense"] == 2
+        torch.tensor(0.1, device="cpu")
+    assert recorder.ops["aten::_local_scalar_dense"] == 2 and recorder.ops["aten::lift_fresh"] == 1
 
 
 def test_training_steps_never_wait_on_the_host(tmp_path):
