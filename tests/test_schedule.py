@@ -95,3 +95,22 @@ def test_trainer_steps_the_schedule_once_per_batch_to_the_end(tmp_path, image_tr
     assert record.lrs[0] == pytest.approx(0.01)
     assert record.lrs[8 - 1] == pytest.approx(0.1)  # peak at the last step of epoch 1
     assert record.lrs[-1] == pytest.approx(0.01, rel=0.05)
+
+
+def test_learning_rates_logs_every_group_and_the_momentum_or_first_beta():
+    from types import SimpleNamespace
+
+    from resnet_onecycle.callbacks import LearningRates
+
+    w = [torch.zeros(1, requires_grad=True) for _ in range(3)]
+    sgd = torch.optim.SGD([{"params": [w[0]], "lr": 0.1}, {"params": [w[1]], "lr": 0.2}], momentum=0.9)
+    adam = torch.optim.AdamW([w[2]], lr=0.3, betas=(0.8, 0.99))
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda stats, step: logged.append((step, stats)))
+    trainer = SimpleNamespace(optimizers=[sgd, adam], loggers=[logger], log_every_n_steps=10, global_step=8)
+    LearningRates().on_train_batch_start(trainer, None, None, 0)
+    assert logged == []  # step 8: not a logging step
+    trainer.global_step = 9
+    LearningRates().on_train_batch_start(trainer, None, None, 0)
+    assert logged == [(9, {"lr-SGD/pg1": 0.1, "lr-SGD/pg1-momentum": 0.9, "lr-SGD/pg2": 0.2,
+                           "lr-SGD/pg2-momentum": 0.9, "lr-AdamW": 0.3, "lr-AdamW-momentum": 0.8})]
