@@ -20,10 +20,14 @@ common=(data.source="$DATA" paths.data_dir="$work/data" paths.log_dir="$work/log
 
 left() { echo $((BUDGET - SECONDS)); }
 
+fits() {  # fits NAME NEEDED_SECONDS: announce the stage, or say why it is skipped
+  if (( $(left) < $2 )); then echo "== skip $1: $(left) s left"; return 1; fi
+  echo "== $1 ($(left) s left)"
+}
+
 train() {  # train NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
-  if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
-  echo "== $name ($(left) s left)"
+  fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 src/train.py $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -vE "it/s|^\s*$|warn" | tail -n 12
   local run; run=$(ls -td "$work"/logs/train/runs/* | head -n 1)
   python3 benchmarks/run_summary.py "$run" --json "$OUT/$name.json" | grep -E '"(test/acc|wall_time_s|fit_time_s|epoch_time_s_median|startup_s|device)"'
@@ -31,16 +35,14 @@ train() {  # train NAME NEEDED_SECONDS OVERRIDES...
 
 bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
-  if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
-  echo "== $name ($(left) s left)"
+  fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --epochs "$BENCH_EPOCHS" --rounds "${ROUNDS:-1}" --json "$OUT/$name.json" \
     $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|device)"|ratio_per_round|Error|error'
 }
 
 syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
-  if (( $(left) < need )); then echo "== skip $name: $(left) s left"; return; fi
-  echo "== $name ($(left) s left)"
+  fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/host_syncs.py --json "$OUT/$name.json" $RECIPE "${common[@]}" "$@" 2>&1 \
     | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|Error|error'
 }
