@@ -169,3 +169,12 @@ def test_logs_dir_that_cannot_be_written(tmp_path, image_tree):
     assert "cannot create the run dir" in result.stderr and "paths.log_dir" in result.stderr
     assert "Traceback" not in result.stderr
     assert blocker.read_text() == "not a folder"
+
+
+def test_default_logs_dir_under_the_working_dir_that_cannot_be_written(tmp_path, image_tree):
+    (tmp_path / "logs").write_text("not a folder")  # paths.log_dir defaults to <working dir>/logs
+    result = run_train("debug=fast", f"data.source={image_tree}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"cannot create the run dir {tmp_path / 'logs'}" in result.stderr and "paths.log_dir" in result.stderr
+    assert "Traceback" not in result.stderr and "HydraConfig was not set" not in result.stderr
+    assert (tmp_path / "logs").read_text() == "not a folder"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -22,12 +23,18 @@ def make_dir_or_exit(path: str, what: str) -> None:
 
 
 class CheckLogDir(Callback):
-    """A logs dir that cannot be written is a one-line error, not a traceback from Hydra."""
+    """A logs dir that cannot be written is a one-line error, not a traceback from Hydra.
+
+    The default dirs go through `${hydra:runtime.cwd}`, which resolves only once Hydra's config
+    singleton is set; Hydra sets it after these hooks, with this same config, so it is set here.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)
         make_dir_or_exit(config.hydra.run.dir, "run dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)
         make_dir_or_exit(config.hydra.sweep.dir, "sweep dir")
 
 
