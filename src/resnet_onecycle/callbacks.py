@@ -105,7 +105,7 @@ class RunGuard(L.Callback):
             self.check(trainer)
         if stop:
             path = last_checkpoint_path(trainer)
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, to resume from
             raise TrainingInterrupted(self.interrupted or "SIGTERM", path)
 
     def check(self, trainer) -> None:
