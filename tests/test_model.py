@@ -101,3 +101,27 @@ def test_unknown_compile_mode_is_refused_when_the_model_is_built():
 
     with pytest.raises(ConfigError, match=r"model\.compile='fast'.*reduce-overhead"):
         MixedResNetModule(MixedResNet(width=0.0625), None, None, compile="fast")
+
+
+def test_epoch_stats_match_torchmetrics_mean_loss_and_micro_accuracy():
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from resnet_onecycle.module import EpochStats
+
+    stats, accuracy, mean_loss = EpochStats(), MulticlassAccuracy(10, average="micro"), MeanMetric()
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(2):  # the second epoch after a reset: nothing of the first may remain
+        for n in (64, 64, 17):  # a short last batch weighs by its size
+            logits = torch.randn(n, 10, generator=generator)
+            labels = torch.randint(0, 10, (n,), generator=generator)
+            labels[: n // 2] = logits[: n // 2].argmax(-1)  # accuracy well away from chance
+            loss = nn.functional.cross_entropy(logits, labels)
+            stats.update(logits, labels, loss)
+            accuracy.update(logits, labels)
+            mean_loss.update(loss, weight=n)
+        values = stats.compute()
+        torch.testing.assert_close(values["acc"], accuracy.compute())
+        torch.testing.assert_close(values["loss"], mean_loss.compute())
+        for metric in (stats, accuracy, mean_loss):
+            metric.reset()
