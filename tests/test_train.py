@@ -73,8 +73,30 @@ def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
     # Not compared step by step with an eager run: the same batches and weights give the same first
     # losses, but the fused kernels' rounding grows chaotically within a few steps at this scale.
     assert metrics["status"] == "completed" and metrics["test/acc"] > 0.3
+    # what torch.compile did is recorded: the net compiled whole, for training and evaluation
+    assert metrics["compile"]["mode"] == "default" and metrics["compile"]["graphs"] >= 2
+    assert metrics["compile"]["graph_breaks"] == 0
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])  # loads in an eager net
+
+
+def test_git_commit_says_when_tracked_files_changed(tmp_path):
+    from resnet_onecycle.records import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "a")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == sha + "-dirty"
+    assert git_commit(tmp_path / "nowhere") is None
 
 
 def test_run_writes_config_and_checkpoints(debug_run):

@@ -68,11 +68,16 @@ def device_name(trainer: L.Trainer) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
-def git_commit() -> str | None:
+def git_commit(root: Path = Path(__file__).resolve().parents[2]) -> str | None:
+    """The commit the code ran from, with "-dirty" when tracked files differ from it."""
     try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
+        git = ["git", "-C", str(root)]
+        out = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if changes.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -18,6 +18,7 @@ from resnet_onecycle.callbacks import DivergenceError, TrainingInterrupted
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.lr_find import plot_lr_find, run_lr_find
+from resnet_onecycle.module import compile_counters, compile_mode
 from resnet_onecycle.records import (
     check_config,
     final_metrics,
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers)
     lr_find_record = {"lr_find": {"suggested_max_lr": found["suggested_max_lr"], "plot": "lr_find.png"}} if found else {}
 
+    compiled_before = compile_counters()
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -126,6 +128,7 @@ def train(cfg: DictConfig) -> dict:
             write_metrics(output_dir, summary)
         return summary
     fit_time = time.perf_counter() - start
+    compile_record = compile_report(cfg, compiled_before, trainer.strategy.root_device)
 
     fit_metrics = final_metrics(trainer)  # test() replaces the trainer's metrics with its own
     if cfg.get("test"):
@@ -134,7 +137,7 @@ def train(cfg: DictConfig) -> dict:
             trainer.strategy.barrier("checkpoints written")
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
     summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **fit_metrics,
-               "fit_time_s": round(fit_time, 2), **lr_find_record}
+               "fit_time_s": round(fit_time, 2), **compile_record, **lr_find_record}
     if trainer.is_global_zero:
         metrics = {k: v for k, v in summary.items() if k.startswith(("train/", "val/", "test/"))}
         tensorboard = tensorboard_of(trainer)
@@ -149,6 +152,19 @@ def train(cfg: DictConfig) -> dict:
         log.info("test/acc %.4f  wall time %.1f s  -> %s",
                  summary.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
     return summary
+
+
+def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
+    """With model.compile on, what torch.compile did during fit, for metrics.json; a warning when
+    CUDA graphs were asked for and skipped (TORCH_LOGS=perf_hints says why)."""
+    if not cfg.model.get("compile"):
+        return {}
+    counts = {key: value - before.get(key, 0) for key, value in compile_counters().items()}
+    mode = compile_mode(cfg.model.compile)
+    if device.type == "cuda" and counts.get("cudagraph_skips") and mode in ("reduce-overhead", "max-autotune"):
+        log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
+                    "TORCH_LOGS=perf_hints shows why.", cfg.model.compile, counts["cudagraph_skips"])
+    return {"compile": {"mode": mode or "default", **counts}}
 
 
 def find_lr(cfg: DictConfig) -> dict:
