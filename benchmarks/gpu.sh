@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# throughput against the plain loop first, host syncs and launches per step, then the seed's
-# 40 epochs: eager (with checkpoints written in the background, then in the loop), compiled,
-# fp32, eager again with another seed; last, the throughput with CUDA graphs
-# (model.compile=reduce-overhead).
+# throughput against the plain loop (and Lightning's loop alone) first, host syncs and launches
+# per step, then with CUDA graphs (model.compile=reduce-overhead): throughput, launches and the
+# seed's 40 epochs; then the seed's 40 epochs eager, compiled (default mode) and in fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -30,32 +29,31 @@ train() {  # train NAME NEEDED_SECONDS OVERRIDES...
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 src/train.py $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -vE "it/s|^\s*$|warn" | tail -n 12
   local run; run=$(ls -td "$work"/logs/train/runs/* | head -n 1)
-  python3 benchmarks/run_summary.py "$run" --json "$OUT/$name.json" | grep -E '"(test/acc|wall_time_s|fit_time_s|epoch_time_s_median|startup_s|device)"'
+  python3 benchmarks/run_summary.py "$run" --json "$OUT/$name.json" | grep -E '"(test/acc|wall_time_s|fit_time_s|epoch_time_s_median|startup_s|device|graphs|graph_breaks|cudagraph_skips)"'
 }
 
-bench() {  # bench NAME NEEDED_SECONDS OVERRIDES...
+bench() {  # bench NAME NEEDED_SECONDS [--bare] OVERRIDES...
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --epochs "$BENCH_EPOCHS" --rounds "${ROUNDS:-1}" --json "$OUT/$name.json" \
-    $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|device)"|ratio_per_round|Error|error'
+    "$@" $RECIPE "${common[@]}" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|ratio_bare_over_plain|device|graphs|cudagraph_skips)"|ratio_per_round|Error|error'
 }
 
 syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/host_syncs.py --json "$OUT/$name.json" $RECIPE "${common[@]}" "$@" 2>&1 \
-    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|Error|error'
+    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|graphs|skips|Error|error'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-ROUNDS=2 bench bench_bf16 60             # project vs plain loop, bf16, eager, twice over (builds the data cache)
+ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager, twice over (builds the data cache)
 syncs host_syncs_bf16 40                 # host syncs and kernel launches per step, project and plain
+bench bench_bf16_reduce_overhead 100 model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
+syncs host_syncs_bf16_reduce_overhead 50 model.compile=reduce-overhead  # are graphs replayed (cudaGraphLaunch)?
+train seed_bf16_reduce_overhead 100 model.compile=reduce-overhead
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
-train seed_bf16_sync_writes 60 trainer.plugins=null  # the same, checkpoints written in the loop
-bench bench_bf16_compiled 100 model.compile=true
-train seed_bf16_compiled 100 model.compile=true
+train seed_bf16_compiled 90 model.compile=true
 train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
-train seed_bf16_seed43 60 seed=43        # a second seed: the run-to-run noise the accuracies are compared with
-bench bench_bf16_reduce_overhead 100 model.compile=reduce-overhead  # CUDA graphs: what is left of host overhead
 echo "== done in $SECONDS s"

@@ -25,6 +25,8 @@ from hydra import compose, initialize_config_dir
 from throughput import CONFIGS, plain, project
 from torch.profiler import ProfilerActivity, profile
 
+from resnet_onecycle.module import compile_counters
+
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
@@ -47,6 +49,7 @@ class Window:
             self.counts = {
                 "syncs_per_step": {name: totals.get(name, 0) / steps for name in SYNCS},
                 "kernel_launches_per_step": sum(totals.get(name, 0) for name in LAUNCHES) / steps,
+                "cuda_graph_launches_per_step": totals.get("cudaGraphLaunch", 0) / steps,  # of those, graph replays
                 "aten_ops_per_step": sum(n for key, n in totals.items() if key.startswith("aten::")) / steps,
             }
 
@@ -72,9 +75,11 @@ def main() -> None:
                                           "model.scheduler.peak_epoch=0.5"])
         project_window, plain_window = Window(args.start, args.stop), Window(args.start, args.stop)
         L.seed_everything(cfg.seed, workers=True)
+        before = compile_counters()
         _, _, device = project(cfg, 1, extra_callbacks=[StepWindow(project_window)])
         L.seed_everything(cfg.seed, workers=True)
         plain(cfg, 1, device, after_step=plain_window.after_step)
+        compiled = {k: v - before[k] for k, v in compile_counters().items()}
 
     if not project_window.counts or not plain_window.counts:
         sys.exit(f"an epoch has fewer than --stop={args.stop} steps: lower --start/--stop or raise data.subset")
@@ -84,6 +89,8 @@ def main() -> None:
         "overrides": args.overrides, "steps": [args.start, args.stop],
         "project": project_window.counts, "plain": plain_window.counts,
     }
+    if cfg.model.compile:  # what torch.compile did, both paths together: the plain loop reuses the project's graphs
+        result["compile"] = compiled
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -4,7 +4,10 @@
     the project's configs with the same overrides a user would give `src/train.py`, with its
     logger and LR monitor on (validation and checkpoints off: they are not training);
 (b) plain:   a hand-written loop over the same uint8 tensors, the same batched augmentation,
-    model, SGD + OneCycleLR, batch size, precision and memory format.
+    model, SGD + OneCycleLR, batch size, precision and memory format;
+(c) with `--bare`, also Lightning's loop alone: the same `Trainer.fit` with no callbacks, logger,
+    progress bar or training metrics, which splits the project's cost between Lightning's own
+    per-step work and what the project adds to it.
 
 Each runs `--epochs` epochs; the first is start-up (cudnn autotuning, compilation, caches) and
 is reported apart; steady state is the median of the others. `--rounds N` runs the pair N times
@@ -23,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -34,7 +38,7 @@ from hydra.utils import instantiate
 
 from resnet_onecycle.data.augment import augment, normalize
 from resnet_onecycle.data.cifar10 import Batches
-from resnet_onecycle.module import compile_mode
+from resnet_onecycle.module import MixedResNetModule, compile_counters, compile_mode
 from resnet_onecycle.tasks import instantiate_group
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,13 +64,26 @@ class EpochTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def project(cfg, epochs: int, extra_callbacks=()) -> tuple[list[float], int, torch.device]:
+class BareModule(MixedResNetModule):
+    """The project's module less its training metrics: forward and cross-entropy only."""
+
+    def step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self(images), labels)
+
+    def log_epoch(self, stage: str) -> None:
+        pass
+
+
+def project(cfg, epochs: int, extra_callbacks=(), bare: bool = False) -> tuple[list[float], int, torch.device]:
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.model)
+    module = instantiate(cfg.model, _target_=f"{BareModule.__module__}.BareModule") if bare else instantiate(cfg.model)
     timer = EpochTimer()
-    callbacks = [c for c in instantiate_group(cfg.callbacks) if not isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
+    callbacks = [] if bare else [
+        c for c in instantiate_group(cfg.callbacks) if not isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
     trainer = instantiate(
-        cfg.trainer, max_epochs=epochs, callbacks=[*extra_callbacks, *callbacks, timer], logger=instantiate_group(cfg.logger),
+        cfg.trainer, max_epochs=epochs, callbacks=[*extra_callbacks, *callbacks, timer],
+        logger=False if bare else instantiate_group(cfg.logger), enable_progress_bar=not bare,
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=datamodule)
@@ -125,6 +142,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per path; the first counts as start-up")
     parser.add_argument("--rounds", type=int, default=1,
                         help="project then plain, this many times over: slow drifts of a shared machine cancel out")
+    parser.add_argument("--bare", action="store_true",
+                        help="also time Lightning's loop alone (no callbacks, logger, progress bar or training metrics)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
@@ -134,13 +153,22 @@ def main() -> None:
         # Throughput does not depend on the LR; the peak only has to fall inside the short run.
         cfg = compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={out}", *args.overrides,
                                           f"model.scheduler.peak_epoch={args.epochs / 2}"])
-        project_rounds, plain_rounds = [], []
+        project_rounds, plain_rounds, bare_rounds = [], [], []
+        compiled = {"project": Counter(), "plain": Counter(), "lightning_bare": Counter()}  # what torch.compile did
+
+        def timed(path: str, run):
+            L.seed_everything(cfg.seed, workers=True)
+            before = compile_counters()
+            result = run()
+            compiled[path].update({k: v - before[k] for k, v in compile_counters().items()})
+            return result
+
         for _ in range(args.rounds):
-            L.seed_everything(cfg.seed, workers=True)
-            times, images, device = project(cfg, args.epochs)
+            times, images, device = timed("project", lambda: project(cfg, args.epochs))
             project_rounds.append(times)
-            L.seed_everything(cfg.seed, workers=True)
-            plain_rounds.append(plain(cfg, args.epochs, device))
+            if args.bare:
+                bare_rounds.append(timed("lightning_bare", lambda: project(cfg, args.epochs, bare=True))[0])
+            plain_rounds.append(timed("plain", lambda: plain(cfg, args.epochs, device)))
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -151,6 +179,13 @@ def main() -> None:
     }
     result["ratio_project_over_plain"] = round(result["project"]["images_per_s"] / result["plain"]["images_per_s"], 3)
     result["ratio_per_round"] = [round(steady(b) / steady(a), 3) for a, b in zip(project_rounds, plain_rounds)]
+    if bare_rounds:
+        result["lightning_bare"] = summarize(bare_rounds, images)
+        result["ratio_bare_over_plain"] = round(result["lightning_bare"]["images_per_s"] / result["plain"]["images_per_s"], 3)
+    if cfg.model.compile:
+        for path, counts in compiled.items():
+            if path in result:
+                result[path]["compile"] = dict(counts)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
