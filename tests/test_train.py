@@ -80,6 +80,21 @@ def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
     assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])  # loads in an eager net
 
 
+@pytest.mark.parametrize("mode, device, warned", [("reduce-overhead", "cuda", True), ("true", "cuda", False),
+                                                  ("reduce-overhead", "cpu", False)])
+def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch, caplog, mode, device, warned):
+    from conftest import compose_train
+    from resnet_onecycle import tasks
+
+    cfg = compose_train([f"model.compile={mode}"], tmp_path)
+    before = {"graphs": 3, "graph_breaks": 1, "cudagraph_skips": 2}  # counts are process-wide: a run's are the difference
+    monkeypatch.setattr(tasks, "compile_counters", lambda: {"graphs": 7, "graph_breaks": 1, "cudagraph_skips": 4})
+    record = tasks.compile_report(cfg, before, torch.device(device))
+    assert record == {"compile": {"mode": "default" if mode == "true" else mode, "graphs": 4, "graph_breaks": 0,
+                                  "cudagraph_skips": 2}}
+    assert ("CUDA graphs were skipped 2 times" in caplog.text) == warned
+
+
 def test_git_commit_says_when_tracked_files_changed(tmp_path):
     from resnet_onecycle.records import git_commit
 
