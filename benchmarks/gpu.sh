@@ -43,7 +43,7 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/host_syncs.py --json "$OUT/$name.json" $RECIPE "${common[@]}" "$@" 2>&1 \
-    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|graphs|skips|Error|error'
+    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|_ms_per_step|graphs|skips|Error|error'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null

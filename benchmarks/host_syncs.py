@@ -1,5 +1,6 @@
 """Host syncs and kernel launches per training step, counted by torch.profiler on a GPU: the
-project's full path (`Trainer.fit`, as in throughput.py) against the plain loop.
+project's full path (`Trainer.fit`, as in throughput.py) against the plain loop; with each
+step's wall time and the GPU's busy time within it.
 
 A host sync (`cudaStreamSynchronize`, `cudaDeviceSynchronize`, `cudaEventSynchronize`: what
 `.item()`, `float(t)` or a copy to the host wait on) makes the host wait until the GPU's queue
@@ -23,12 +24,19 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from throughput import CONFIGS, plain, project
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from resnet_onecycle.module import compile_counters
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def synced_time() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 class Window:
@@ -42,15 +50,23 @@ class Window:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             self.profiler = profile(activities=activities)
             self.profiler.__enter__()
+            self.started = synced_time()
         elif step == self.stop - 1 and self.profiler is not None:
+            wall_s = synced_time() - self.started
             self.profiler.__exit__(None, None, None)
             steps = self.stop - self.start
             totals = {e.key: e.count for e in self.profiler.key_averages()}
+            # GPU busy time: the kernels' and copies' durations (one stream: they do not overlap)
+            gpu_us = sum(e.time_range.elapsed_us() for e in self.profiler.events() if e.device_type == DeviceType.CUDA)
             self.counts = {
                 "syncs_per_step": {name: totals.get(name, 0) / steps for name in SYNCS},
                 "kernel_launches_per_step": sum(totals.get(name, 0) for name in LAUNCHES) / steps,
                 "cuda_graph_launches_per_step": totals.get("cudaGraphLaunch", 0) / steps,  # of those, graph replays
                 "aten_ops_per_step": sum(n for key, n in totals.items() if key.startswith("aten::")) / steps,
+                # wall time under the profiler (which slows the host): GPU busy near wall time means
+                # the GPU bounds the step; far below it, the host does
+                "wall_ms_per_step": round(1000 * wall_s / steps, 3),
+                "gpu_busy_ms_per_step": round(gpu_us / 1000 / steps, 3),
             }
 
 
