@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# throughput against the plain loop (and Lightning's loop alone) first, host syncs and launches
-# per step, then with CUDA graphs (model.compile=reduce-overhead): throughput, launches and the
-# seed's 40 epochs; then the seed's 40 epochs eager, compiled (default mode) and in fp32.
+# per training step, host syncs, kernel launches and GPU busy time against wall time, eager and
+# with CUDA graphs (model.compile=reduce-overhead); throughput against the plain loop and
+# Lightning's loop alone, with CUDA graphs and eager; then the seed's 40 epochs with CUDA graphs,
+# eager, compiled (default mode) and in fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -48,10 +49,10 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager, twice over (builds the data cache)
-syncs host_syncs_bf16 40                 # host syncs and kernel launches per step, project and plain
-bench bench_bf16_reduce_overhead 100 model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
-syncs host_syncs_bf16_reduce_overhead 50 model.compile=reduce-overhead  # are graphs replayed (cudaGraphLaunch)?
+syncs host_syncs_bf16 50                 # per step: host syncs, kernel launches, GPU busy vs wall time (builds the data cache)
+syncs host_syncs_bf16_reduce_overhead 60 model.compile=reduce-overhead  # the same with CUDA graphs: are graphs replayed?
+bench bench_bf16_reduce_overhead 100 --bare model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
+ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager, twice over
 train seed_bf16_reduce_overhead 100 model.compile=reduce-overhead
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
 train seed_bf16_compiled 90 model.compile=true
