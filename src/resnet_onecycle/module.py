@@ -77,7 +77,7 @@ class MixedResNetModule(L.LightningModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
-        num_classes: int | None = None,  # unused: accepted so that configs saved by runs before 2026-11-27 still load
+        num_classes: int | None = None,  # unused: accepted so that configs saved by earlier versions still load
         channels_last: bool = True,
         compile: bool | str = False,
     ) -> None:
