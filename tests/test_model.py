@@ -125,3 +125,13 @@ def test_epoch_stats_match_torchmetrics_mean_loss_and_micro_accuracy():
         torch.testing.assert_close(values["loss"], mean_loss.compute())
         for metric in (stats, accuracy, mean_loss):
             metric.reset()
+
+
+def test_a_config_saved_with_model_num_classes_still_builds(tmp_path):
+    from hydra.utils import instantiate
+
+    from conftest import compose_train
+
+    # runs saved before EpochStats have model.num_classes in .hydra/config.yaml; resume= builds from it
+    module = instantiate(compose_train(["+model.num_classes=10", "debug=fast"], tmp_path).model)
+    assert module.hparams.num_classes == 10
