@@ -38,7 +38,7 @@ from hydra.utils import instantiate
 
 from resnet_onecycle.data.augment import augment, normalize
 from resnet_onecycle.data.cifar10 import Batches
-from resnet_onecycle.module import MixedResNetModule, compile_counters, compile_mode
+from resnet_onecycle.module import MixedResNetModule, compile_counters, compiled
 from resnet_onecycle.tasks import instantiate_group
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -69,7 +69,7 @@ class BareModule(MixedResNetModule):
 
     def step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch
-        return F.cross_entropy(self(images), labels)
+        return F.cross_entropy(self.logits(images), labels)
 
     def log_epoch(self, stage: str) -> None:
         pass
@@ -101,7 +101,7 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None) 
     net = instantiate(cfg.model.net).to(device)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    forward = torch.compile(net, mode=compile_mode(cfg.model.compile)) if cfg.model.compile else net
+    forward = compiled(net, cfg.model.compile) if cfg.model.compile else net
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
     scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=epochs * len(batches), steps_per_epoch=len(batches))
     precision = str(cfg.trainer.precision)

@@ -83,16 +83,52 @@ def test_non_positive_width_is_refused_with_the_key(width):
 
 @pytest.mark.parametrize("setting, mode", [(True, None), ("reduce-overhead", "reduce-overhead"),
                                            ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
-def test_model_compile_passes_its_mode_to_torch_compile(monkeypatch, setting, mode):
+def test_model_compile_passes_its_mode_to_torch_compile_with_static_shapes_once(monkeypatch, setting, mode):
     from functools import partial
 
     from resnet_onecycle.module import MixedResNetModule
 
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: calls.append((mode, dynamic)) or fn)
+    monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("reset"))
     module = MixedResNetModule(MixedResNet(width=0.0625), partial(torch.optim.SGD, lr=0.1), None, compile=setting)
     module.setup("fit")
-    assert modes == [mode]
+    module.setup("test")  # compiled once per module, after clearing graphs an earlier module left
+    assert calls == ["reset", (mode, False)]
+    MixedResNetModule(MixedResNet(width=0.0625), None, None, compile=False).setup("fit")
+    assert len(calls) == 2
+
+
+def test_steps_run_the_compiled_net_and_the_summary_and_graph_the_plain_one(monkeypatch, tmp_path):
+    """The model summary's and TensorBoard graph's 2-image example input must not reach the
+    compiled net: as its first input it made torch.compile build the training graph for any batch
+    size. Training, validation and test batches all must."""
+    from hydra.utils import instantiate
+
+    from conftest import compose_train, write_image_tree
+    from resnet_onecycle.records import instantiate_group
+
+    seen = []
+
+    def recording_compile(fn, mode=None, dynamic=None):
+        def run(images):
+            seen.append(len(images))
+            return fn(images)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    tree = write_image_tree(tmp_path / "data", n_train=5, n_test=3)  # 50 training images, 30 test
+    cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}", "data.subset=null",
+                         "data.test_subset=null", "data.batch_size=16", "trainer.max_epochs=1", "model.scheduler.peak_epoch=0.5",
+                         "model.compile=true"],
+                        tmp_path)
+    assert cfg.logger.tensorboard.log_graph  # the graph is traced from the example input
+    trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.logger), enable_checkpointing=False)
+    module = instantiate(cfg.model)
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    trainer.test(module, datamodule=trainer.datamodule, verbose=False)
+    # the sanity check's 30 test images, 50 training images, validation, test: never the 2 examples
+    assert seen == [16, 14] + [16, 16, 16, 2] + [16, 14] + [16, 14]
 
 
 def test_unknown_compile_mode_is_refused_when_the_model_is_built():

@@ -25,6 +25,13 @@ def compile_mode(setting: bool | str) -> str | None:
                       + ", ".join(COMPILE_MODES) + ".")
 
 
+def compiled(fn: Callable, setting: bool | str) -> Callable:
+    """`fn` through torch.compile in the mode `model.compile` names, with static shapes: each batch
+    size gets its own graph (a full batch and an epoch's last, smaller one), specialized for it and
+    captured whole by CUDA graphs, rather than one graph for any size."""
+    return torch.compile(fn, mode=compile_mode(setting), dynamic=False)
+
+
 def compile_counters() -> dict[str, int]:
     """torch.compile's process-wide counts so far: graphs compiled (recompiles included), graph
     breaks, and the times CUDA graphs were skipped (reduce-overhead, max-autotune): subtract two
@@ -91,7 +98,7 @@ class MixedResNetModule(L.LightningModule):
         self.stats = nn.ModuleDict({f"{stage}_stats": EpochStats() for stage in ("train", "val", "test")})
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
-        self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.compiled_net: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.saved_schedule: dict | None = None  # the one-cycle schedule of a checkpoint being resumed
         self.range_test = False  # set by the LR range test
         self.range_test_losses: list[torch.Tensor] = []
@@ -103,22 +110,31 @@ class MixedResNetModule(L.LightningModule):
         # training step on a 2-core CPU, and it is what cuDNN's bf16 convolutions want.
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile and self.compiled_forward is None:
-            # Compile the bound forward, not the module, so checkpoints keep plain parameter names.
-            self.compiled_forward = torch.compile(self.net.forward, mode=compile_mode(self.hparams.compile))
+        if self.hparams.compile and self.compiled_net is None:
+            # Graphs that an earlier run in this process compiled (a sweep's previous job, the LR
+            # range test) would count toward torch's limit of graphs per function, past which it
+            # runs the net uncompiled: each module starts afresh (the disk cache still serves them).
+            torch.compiler.reset()
+            # The bound forward, not the module, so checkpoints keep plain parameter names.
+            self.compiled_net = compiled(self.net.forward, self.hparams.compile)
+
+    def memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if self.compiled_forward is None or torch.jit.is_tracing():  # TensorBoard's graph traces the plain net
-            return self.net(images)
-        return self.compiled_forward(images)
+        """The plain net: the model summary, TensorBoard's graph, Grad-CAM and predictions run it
+        as it is; only the training, validation and test steps run the compiled one."""
+        return self.net(self.memory_format(images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """What the steps classify with: the compiled net with `model.compile` on, else the plain one."""
+        return (self.compiled_net or self.net)(self.memory_format(images))
 
     # --- steps --------------------------------------------------------------------------------
 
     def step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
+        logits = self.logits(images)
         loss = F.cross_entropy(logits, labels)
         # Accumulated on the device, nothing here waits for the GPU; read once per epoch (log_epoch).
         self.stats[f"{stage}_stats"].update(logits, labels, loss)
