@@ -44,13 +44,14 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/host_syncs.py --json "$OUT/$name.json" $RECIPE "${common[@]}" "$@" 2>&1 \
-    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|_ms_per_step|graphs|skips|Error|error'
+    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|_ms_per_step|compiled_graph|"graphs"|"[0-9]+/[0-9]+"|cudagraph|Recompil|- [0-9]+/|fewer than|Error|error'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 syncs host_syncs_bf16 50                 # per step: host syncs, kernel launches, GPU busy vs wall time (builds the data cache)
-syncs host_syncs_bf16_reduce_overhead 60 model.compile=reduce-overhead  # the same with CUDA graphs: are graphs replayed?
+# the same with CUDA graphs: which compiled graphs run, are they replayed, and why torch skipped or recompiled any
+TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_reduce_overhead 60 model.compile=reduce-overhead
 bench bench_bf16_reduce_overhead 100 --bare model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
 ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager, twice over
 train seed_bf16_reduce_overhead 100 model.compile=reduce-overhead

@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from resnet_onecycle.module import compile_counters
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+REGION = "Torch-Compiled Region: "  # the profiler's name for a call of a compiled graph
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
@@ -62,6 +63,10 @@ class Window:
                 "syncs_per_step": {name: totals.get(name, 0) / steps for name in SYNCS},
                 "kernel_launches_per_step": sum(totals.get(name, 0) for name in LAUNCHES) / steps,
                 "cuda_graph_launches_per_step": totals.get("cudaGraphLaunch", 0) / steps,  # of those, graph replays
+                # which of torch.compile's graphs ran ("frame/graph": 0/0 the first compiled): none
+                # with model.compile on means the net ran uncompiled
+                "compiled_graph_calls_per_step": {key.removeprefix(REGION): n / steps
+                                                  for key, n in totals.items() if key.startswith(REGION)},
                 "aten_ops_per_step": sum(n for key, n in totals.items() if key.startswith("aten::")) / steps,
                 # wall time under the profiler (which slows the host): GPU busy near wall time means
                 # the GPU bounds the step; far below it, the host does

@@ -156,14 +156,14 @@ def train(cfg: DictConfig) -> dict:
 
 def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
     """With model.compile on, what torch.compile did during fit, for metrics.json; a warning when
-    CUDA graphs were asked for and skipped (TORCH_LOGS=perf_hints says why)."""
+    CUDA graphs were asked for and skipped (TORCH_LOGS=cudagraphs,perf_hints says why)."""
     if not cfg.model.get("compile"):
         return {}
     counts = {key: value - before.get(key, 0) for key, value in compile_counters().items()}
     mode = compile_mode(cfg.model.compile)
     if device.type == "cuda" and counts.get("cudagraph_skips") and mode in ("reduce-overhead", "max-autotune"):
         log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
-                    "TORCH_LOGS=perf_hints shows why.", cfg.model.compile, counts["cudagraph_skips"])
+                    "TORCH_LOGS=cudagraphs,perf_hints shows why.", cfg.model.compile, counts["cudagraph_skips"])
     return {"compile": {"mode": mode or "default", **counts}}
 
 
