@@ -100,7 +100,7 @@ def main() -> None:
         _, _, device = project(cfg, 1, extra_callbacks=[StepWindow(project_window)])
         L.seed_everything(cfg.seed, workers=True)
         plain(cfg, 1, device, after_step=plain_window.after_step)
-        compiled = {k: v - before[k] for k, v in compile_counters().items()}
+        compiled = compile_counters(since=before)
 
     if not project_window.counts or not plain_window.counts:
         sys.exit(f"an epoch has fewer than --stop={args.stop} steps: lower --start/--stop or raise data.subset")

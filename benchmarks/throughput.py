@@ -160,7 +160,7 @@ def main() -> None:
             L.seed_everything(cfg.seed, workers=True)
             before = compile_counters()
             result = run()
-            compiled[path].update({k: v - before[k] for k, v in compile_counters().items()})
+            compiled[path].update(compile_counters(since=before))
             return result
 
         for _ in range(args.rounds):

@@ -87,12 +87,32 @@ def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch
     from resnet_onecycle import tasks
 
     cfg = compose_train([f"model.compile={mode}"], tmp_path)
-    before = {"graphs": 3, "graph_breaks": 1, "cudagraph_skips": 2}  # counts are process-wide: a run's are the difference
-    monkeypatch.setattr(tasks, "compile_counters", lambda: {"graphs": 7, "graph_breaks": 1, "cudagraph_skips": 4})
+    before = {"graphs": 3, "graph_breaks": 1, "cudagraph_skips": 2}
+    readings = []
+
+    def counts_since(since=None):
+        readings.append(since)
+        return {"graphs": 4, "graph_breaks": 0, "cudagraph_skips": 2}
+
+    monkeypatch.setattr(tasks, "compile_counters", counts_since)
     record = tasks.compile_report(cfg, before, torch.device(device))
+    assert readings == [before]  # the run's counts: those since the reading taken before fit
     assert record == {"compile": {"mode": "default" if mode == "true" else mode, "graphs": 4, "graph_breaks": 0,
                                   "cudagraph_skips": 2}}
     assert ("CUDA graphs were skipped 2 times" in caplog.text) == warned
+
+
+def test_compile_counters_since_a_reading_count_what_was_compiled_since():
+    from resnet_onecycle.module import compile_counters
+
+    torch.compile(lambda x: x + 1, backend="eager")(torch.ones(3))  # dynamo only: no code generation
+    before = compile_counters()
+    assert before["graphs"] >= 1
+    double = torch.compile(lambda x: x * 2, backend="eager")
+    double(torch.ones(3))
+    double(torch.ones(3))  # the same graph again: not a new one
+    assert compile_counters(since=before) == {"graphs": 1, "graph_breaks": 0, "cudagraph_skips": 0}
+    assert compile_counters()["graphs"] == before["graphs"] + 1
 
 
 def test_git_commit_says_when_tracked_files_changed(tmp_path):

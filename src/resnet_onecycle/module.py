@@ -32,16 +32,17 @@ def compiled(fn: Callable, setting: bool | str) -> Callable:
     return torch.compile(fn, mode=compile_mode(setting), dynamic=False)
 
 
-def compile_counters() -> dict[str, int]:
-    """torch.compile's process-wide counts so far: graphs compiled (recompiles included), graph
-    breaks, and the times CUDA graphs were skipped (reduce-overhead, max-autotune): subtract two
-    readings for one run's. Empty where this torch does not keep them."""
+def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
+    """torch.compile's counts: graphs compiled (recompiles included), graph breaks, and the times
+    CUDA graphs were skipped (reduce-overhead, max-autotune). The counts are process-wide: with
+    `since`, an earlier reading, those since then. Empty where this torch does not keep them."""
     try:
         from torch._dynamo.utils import counters
     except ImportError:
         return {}
-    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
-            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+    now = {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+    return {key: value - (since or {}).get(key, 0) for key, value in now.items()}
 
 
 class EpochStats(Metric):

@@ -159,7 +159,7 @@ def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
     CUDA graphs were asked for and skipped (TORCH_LOGS=cudagraphs,perf_hints says why)."""
     if not cfg.model.get("compile"):
         return {}
-    counts = {key: value - before.get(key, 0) for key, value in compile_counters().items()}
+    counts = compile_counters(since=before)
     mode = compile_mode(cfg.model.compile)
     if device.type == "cuda" and counts.get("cudagraph_skips") and mode in ("reduce-overhead", "max-autotune"):
         log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
