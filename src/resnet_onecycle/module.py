@@ -27,8 +27,8 @@ def compile_mode(setting: bool | str) -> str | None:
 
 def compiled(fn: Callable, setting: bool | str) -> Callable:
     """`fn` through torch.compile in the mode `model.compile` names, with static shapes: each batch
-    size gets its own graph (a full batch and an epoch's last, smaller one), specialized for it and
-    captured whole by CUDA graphs, rather than one graph for any size."""
+    size (a full batch, an epoch's last smaller one) gets its own graph, specialized for it,
+    rather than one graph for any size."""
     return torch.compile(fn, mode=compile_mode(setting), dynamic=False)
 
 
