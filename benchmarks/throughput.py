@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from resnet_onecycle.data.augment import augment, normalize
+from resnet_onecycle.data.augment import augment
 from resnet_onecycle.data.cifar10 import Batches
 from resnet_onecycle.module import MixedResNetModule, compile_counters, compiled
 from resnet_onecycle.tasks import instantiate_group
@@ -112,7 +112,7 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None) 
         sync(device)
         start = time.perf_counter()
         for x, y in batches:
-            x = augment(normalize(x), d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
+            x = augment(x, d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
             with autocast:
                 loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y)
             optimizer.zero_grad(set_to_none=True)

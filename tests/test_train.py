@@ -34,7 +34,9 @@ def train_debug(tmp: Path, *overrides: str) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def debug_run(tmp_path_factory):
-    return train_debug(tmp_path_factory.mktemp("debug_run"), "seed=7", "model.scheduler.max_lr=0.1")
+    # max_lr 0.015 learns in 2 epochs at every seed tried (1-8: test acc 0.68-0.90); 0.1 often does
+    # not (24 seeds: half at or near chance), whatever the augmentation's random stream
+    return train_debug(tmp_path_factory.mktemp("debug_run"), "seed=7", "model.scheduler.max_lr=0.015")
 
 
 def test_run_writes_metrics_json(debug_run):
@@ -154,7 +156,7 @@ def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
         assert tag in scalars, tag
     assert len(events.Scalars("val/acc")) == 2  # per epoch
     lrs = [e.value for e in events.Scalars("lr-SGD")]
-    assert len(lrs) == 16 and lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
+    assert len(lrs) == 16 and lrs[0] == pytest.approx(0.0015) and max(lrs) == pytest.approx(0.015)
     assert len(events.Scalars("lr-SGD-momentum")) == 16
     assert events.Graph() is not None
     hparams = b"".join(events.PluginTagToContent("hparams").values())

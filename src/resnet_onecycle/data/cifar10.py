@@ -185,11 +185,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         if not isinstance(batch, (list, tuple)):
             return batch  # the model's example input (summary, graph), not a dataset batch
         images, labels = batch
-        images = normalize(images)
         if self.trainer is not None and self.trainer.training:
             hp = self.hparams
-            images = augment(images, hp.crop_padding, hp.flip, hp.cutout_size, hp.padding_mode)
-        return images, labels
+            return augment(images, hp.crop_padding, hp.flip, hp.cutout_size, hp.padding_mode), labels
+        return normalize(images), labels
 
 
 def sample(images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator, key: str):
