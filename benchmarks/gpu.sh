@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# per training step, host syncs, kernel launches and GPU busy time against wall time, eager and
+# per training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
+# loop's step split into augmentation, forward, backward and optimizer), eager and
 # with CUDA graphs (model.compile=reduce-overhead); throughput against the plain loop and
 # Lightning's loop alone, with CUDA graphs and eager; then the seed's 40 epochs with CUDA graphs,
 # eager, compiled (default mode) and in fp32.
@@ -44,7 +45,7 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/host_syncs.py --json "$OUT/$name.json" $RECIPE "${common[@]}" "$@" 2>&1 \
-    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|_ms_per_step|compiled_graph|"graphs"|"[0-9]+/[0-9]+"|cudagraph|Recompil|- [0-9]+/|fewer than|Error|error'
+    | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|_ms_per_step|host_ms|"(augment|forward|backward|optimizer)"|compiled_graph|"graphs"|"[0-9]+/[0-9]+"|cudagraph|Recompil|- [0-9]+/|fewer than|Error|error'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null

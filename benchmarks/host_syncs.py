@@ -6,7 +6,10 @@ A host sync (`cudaStreamSynchronize`, `cudaDeviceSynchronize`, `cudaEventSynchro
 `.item()`, `float(t)` or a copy to the host wait on) makes the host wait until the GPU's queue
 is empty, so the GPU then idles while the host prepares the next kernels; each kernel launch
 costs host time. Steps `--start` to `--stop` of the first epoch are recorded whole, batch fetch
-to optimizer step. Prints one JSON object. On a CPU only `aten::_local_scalar_dense` is counted.
+to optimizer step. The plain loop's steps are also split by part (augmentation, forward,
+backward, optimizer): the host time each part takes under the profiler, its kernel launches and
+its aten ops, which says where the shared work of a step goes. Prints one JSON object. On a CPU
+only `aten::_local_scalar_dense` is counted among the syncs.
 
     python benchmarks/host_syncs.py experiment=seed trainer=gpu data.source=...
 """
@@ -14,6 +17,7 @@ to optimizer step. Prints one JSON object. On a CPU only `aten::_local_scalar_de
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import sys
 import tempfile
@@ -25,12 +29,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from throughput import CONFIGS, plain, project
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from resnet_onecycle.module import compile_counters
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
 REGION = "Torch-Compiled Region: "  # the profiler's name for a call of a compiled graph
+PHASE = "step part: "  # the plain loop's parts, named by `phase` below
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
@@ -73,6 +78,25 @@ class Window:
                 "wall_ms_per_step": round(1000 * wall_s / steps, 3),
                 "gpu_busy_ms_per_step": round(gpu_us / 1000 / steps, 3),
             }
+            if parts := by_part(self.profiler.events(), steps):
+                self.counts["per_step_by_part"] = parts
+
+
+def by_part(events, steps: int) -> dict:
+    """Host time, kernel launches and aten ops of each named part of a step, per step."""
+    parts = sorted((e.time_range.start, e.time_range.end, e.name.removeprefix(PHASE))
+                   for e in events if e.name.startswith(PHASE))
+    result = {name: {"host_ms": 0.0, "kernel_launches": 0, "aten_ops": 0} for _, _, name in parts}
+    for start, end, name in parts:
+        result[name]["host_ms"] += (end - start) / 1000
+    starts = [start for start, _, _ in parts]
+    for e in events:
+        if e.device_type != DeviceType.CPU or not (e.name in LAUNCHES or e.name.startswith("aten::")):
+            continue
+        i = bisect.bisect_right(starts, e.time_range.start) - 1
+        if i >= 0 and e.time_range.start < parts[i][1]:
+            result[parts[i][2]]["kernel_launches" if e.name in LAUNCHES else "aten_ops"] += 1
+    return {name: {key: round(value / steps, 3) for key, value in counts.items()} for name, counts in result.items()}
 
 
 class StepWindow(L.Callback):
@@ -99,7 +123,7 @@ def main() -> None:
         before = compile_counters()
         _, _, device = project(cfg, 1, extra_callbacks=[StepWindow(project_window)])
         L.seed_everything(cfg.seed, workers=True)
-        plain(cfg, 1, device, after_step=plain_window.after_step)
+        plain(cfg, 1, device, after_step=plain_window.after_step, phase=lambda name: record_function(PHASE + name))
         compiled = compile_counters(since=before)
 
     if not project_window.counts or not plain_window.counts:

@@ -91,8 +91,10 @@ def project(cfg, epochs: int, extra_callbacks=(), bare: bool = False) -> tuple[l
     return timer.times, len(datamodule.splits["train"][1]), trainer.strategy.root_device
 
 
-def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None) -> list[float]:
-    """The same work by hand: nothing but tensors, the net, SGD and OneCycleLR."""
+def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
+          phase=lambda name: nullcontext()) -> list[float]:
+    """The same work by hand: nothing but tensors, the net, SGD and OneCycleLR. `phase(name)` wraps
+    each part of a step (host_syncs.py names them for the profiler)."""
     torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark"))
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -112,13 +114,16 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None) 
         sync(device)
         start = time.perf_counter()
         for x, y in batches:
-            x = augment(x, d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
-            with autocast:
+            with phase("augment"):
+                x = augment(x, d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
+            with phase("forward"), autocast:
                 loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            with phase("backward"):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with phase("optimizer"):
+                optimizer.step()
+                scheduler.step()
             after_step(step)
             step += 1
         sync(device)

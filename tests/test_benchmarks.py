@@ -1,0 +1,65 @@
+"""The benchmark scripts run end to end on a tiny net, and their JSON holds what RESULTS.md reads.
+
+They are what a lent GPU's few minutes are spent on, so a broken one must show here, not there.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, write_image_tree
+
+# 10 steps an epoch
+TINY = ["debug=fast", "model.net.width=0.0625", "data.batch_size=32", "data.subset=320", "data.test_subset=40"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    tree = write_image_tree(tmp / "data-src", n_train=32, n_test=4)
+    return tmp, [*TINY, f"data.source={tree}", f"paths.data_dir={tmp / 'cache'}"]
+
+
+def run(script: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_throughput_times_project_plain_loop_and_lightning_alone(tiny):
+    tmp, overrides = tiny
+    result = run("throughput.py", "--epochs", "2", "--rounds", "2", "--bare", "--json", str(tmp / "t.json"), *overrides)
+    assert json.loads((tmp / "t.json").read_text()) == result
+    assert result["train_images"] == 320 and result["batch_size"] == 32 and result["width"] == 0.0625
+    for path in ("project", "plain", "lightning_bare"):
+        assert result[path]["images_per_s"] > 0
+        assert len(result[path]["epoch_times_s"]) == 2 and all(len(r) == 2 for r in result[path]["epoch_times_s"])
+    ratio = result["project"]["images_per_s"] / result["plain"]["images_per_s"]
+    assert result["ratio_project_over_plain"] == pytest.approx(ratio, abs=1e-3)
+    assert len(result["ratio_per_round"]) == 2 and "compile" not in result["project"]
+
+
+def test_host_syncs_counts_each_step_and_splits_the_plain_loops_step_by_part(tiny):
+    tmp, overrides = tiny
+    result = run("host_syncs.py", "--start", "3", "--stop", "8", *overrides)
+    assert result["steps"] == [3, 8]
+    for path in ("project", "plain"):
+        counts = result[path]
+        assert counts["syncs_per_step"]["aten::_local_scalar_dense"] == 0  # no .item() in a step
+        assert counts["aten_ops_per_step"] > 100 and counts["wall_ms_per_step"] > 0
+        assert counts["compiled_graph_calls_per_step"] == {}  # model.compile is off
+    parts = result["plain"]["per_step_by_part"]
+    assert list(parts) == ["augment", "forward", "backward", "optimizer"]
+    assert all(part["aten_ops"] > 0 and part["host_ms"] > 0 for part in parts.values())
+    assert sum(part["aten_ops"] for part in parts.values()) <= result["plain"]["aten_ops_per_step"]
+    assert "per_step_by_part" not in result["project"]  # Lightning's step is not split
+
+
+def test_host_syncs_says_when_an_epoch_is_too_short(tiny):
+    _, overrides = tiny
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_syncs.py"), "--stop", "30", *overrides],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "fewer than --stop=30 steps" in result.stderr
