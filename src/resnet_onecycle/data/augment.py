@@ -44,7 +44,7 @@ def positions(length: int, device: torch.device) -> torch.Tensor:
 @functools.cache
 def mirrored(length: int, device: torch.device) -> torch.Tensor:
     """How far a left-right flip moves each position: length - 1 - 2x."""
-    return (length - 1) - 2 * torch.arange(length, device=device)
+    return (length - 1) - 2 * positions(length, device)
 
 
 @functools.cache
@@ -52,7 +52,7 @@ def window(length: int, size: int, device: torch.device) -> tuple[torch.Tensor, 
     """(keys, table): table[keys - start] says whether each position x lies in [start, start + size).
     keys[x] is x + length - 1 and table[k] is 0 <= k - (length - 1) < size, so that no index is negative."""
     offsets = torch.arange(-(length - 1), length, device=device)
-    return torch.arange(length - 1, 2 * length - 1, device=device), (offsets >= 0) & (offsets < size)
+    return positions(length, device) + (length - 1), (offsets >= 0) & (offsets < size)
 
 
 @functools.cache
