@@ -98,6 +98,9 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise ConfigError(f"data.cutout_size={cutout_size} is larger than the 32x32 image; use 0..32 (0 turns it off).")
         if padding_mode not in ("reflect", "constant", "replicate"):
             raise ConfigError(f"data.padding_mode={padding_mode!r}: use reflect, constant or replicate.")
+        if padding_mode == "reflect" and crop_padding >= 32:
+            raise ConfigError(f"data.crop_padding={crop_padding} is too wide to reflect a 32x32 image: use 0..31, "
+                              "or data.padding_mode=constant or replicate.")
         self.save_hyperparameters(logger=False)
         self.source, self.data_dir = str(source), str(data_dir)
         self.batch_size = batch_size
