@@ -109,7 +109,7 @@ class MixedResNetModule(L.LightningModule):
         # call, about 44 times a training step. nn.Module.__setattr__ first checks the value for a
         # parameter, buffer or module (about 1 µs a call here), which a hook's name never is; it
         # would then do what object.__setattr__ does. This path took Lightning's own per-step host
-        # time from about 0.27 to 0.20 ms on a 2-core CPU (benchmarks/RESULTS.md).
+        # time from about 0.28 to 0.21 ms on a 2-core CPU (benchmarks/RESULTS.md).
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:

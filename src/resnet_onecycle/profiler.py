@@ -14,7 +14,7 @@ class NoProfiler(PassThroughProfiler):
     new generator-based context manager around every hook call: about 66 a training step with the
     shipped callbacks. This one hands back one shared no-op context. Measured with the `__setattr__`
     path in `MixedResNetModule`: the project path's host time a step beyond the plain loop's, about
-    0.39 -> 0.29 ms on a 2-core CPU (benchmarks/RESULTS.md). `trainer.profiler=simple` (or
+    0.37 -> 0.29 ms on a 2-core CPU (benchmarks/RESULTS.md). `trainer.profiler=simple` (or
     `advanced`, `pytorch`) profiles as usual."""
 
     def profile(self, action_name: str) -> AbstractContextManager:
