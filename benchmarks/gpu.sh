@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# per training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
-# loop's step split into augmentation, forward, backward and optimizer), eager and
-# with CUDA graphs (model.compile=reduce-overhead); throughput against the plain loop and
-# Lightning's loop alone, with CUDA graphs and eager; then the seed's 40 epochs with CUDA graphs,
-# eager, compiled (default mode) and in fp32.
+# throughput against the plain loop and Lightning's loop alone, eager and with CUDA graphs
+# (model.compile=reduce-overhead); the seed's 40 epochs compiled (default mode) and eager; per
+# training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
+# loop's step split into augmentation, forward, backward and optimizer), eager and with CUDA
+# graphs; then the seed's 40 epochs with CUDA graphs, compiled with fused SGD, and in fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -50,13 +50,16 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-syncs host_syncs_bf16 50                 # per step: host syncs, kernel launches, GPU busy vs wall time (builds the data cache)
-# the same with CUDA graphs: which compiled graphs run, are they replayed, and why torch skipped or recompiled any
-TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_reduce_overhead 60 model.compile=reduce-overhead
-bench bench_bf16_reduce_overhead 100 --bare model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
-ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager, twice over
-train seed_bf16_reduce_overhead 100 model.compile=reduce-overhead
-train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
+# the goals first: throughput against the plain loop and Lightning's loop alone (eager, twice over,
+# then CUDA graphs), the seed's 40 epochs compiled and eager (the data cache is built by the first)
+ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager
+bench bench_bf16_reduce_overhead 60 --bare model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
 train seed_bf16_compiled 90 model.compile=true
-train seed_fp32 100 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
+train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
+syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time
+# the same with CUDA graphs: which compiled graphs run, are they replayed, and why torch skipped or recompiled any
+TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_reduce_overhead 45 model.compile=reduce-overhead
+train seed_bf16_reduce_overhead 90 model.compile=reduce-overhead
+train seed_bf16_compiled_fused_sgd 90 model.compile=true +model.optimizer.fused=true  # one fused optimizer kernel
+train seed_fp32 90 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
 echo "== done in $SECONDS s"
