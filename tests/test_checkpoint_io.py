@@ -36,6 +36,25 @@ def test_a_checkpoint_holds_the_values_of_the_moment_it_was_asked_for(tmp_path, 
     io.teardown()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (copies to pinned memory queued on its stream)")
+def test_cuda_tensors_reach_the_writer_on_the_host_with_the_values_of_the_moment(tmp_path, monkeypatch):
+    devices, save = [], TorchCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, *args, **kwargs):
+        devices.append(checkpoint["w"].device)
+        save(self, checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", recording_save)
+    io = AsyncCheckpointWrites()
+    weights = torch.full((1 << 22,), 7.0, device="cuda")
+    torch.cuda._sleep(200_000_000)  # the GPU is busy: the copy to the host waits behind this in the stream
+    io.save_checkpoint({"w": weights}, tmp_path / "a.ckpt")
+    weights.add_(1)  # the next step, queued after the copy
+    assert torch.equal(io.load_checkpoint(tmp_path / "a.ckpt")["w"], torch.full((1 << 22,), 7.0))
+    assert devices == [torch.device("cpu")]  # the writer thread copied nothing from the GPU
+    io.teardown()
+
+
 def test_a_checkpoint_keeps_the_state_dicts_module_versions(tmp_path):
     io = AsyncCheckpointWrites()
     state_dict = nn.BatchNorm2d(3).state_dict()

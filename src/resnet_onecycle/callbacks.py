@@ -191,8 +191,13 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
     """Checkpoints written by a background thread, so that an epoch's end does not wait for
     serialization and the disk (two ~53 MB files in an epoch whose val/acc improves).
 
-    The tensors are cloned on the calling thread first: the file holds the weights of the moment
-    it was asked for, whatever training does next. Writes, then removals, run one at a time in
+    The calling thread takes the copy: the file holds the weights of the moment it was asked for,
+    whatever training does next. CUDA tensors are copied into pinned host memory without waiting,
+    queued on the stream behind the step that made them; the writer waits for that copy on a CUDA
+    event, which lets go of the GIL. (Left to `torch.save` on the writer thread, each of the ~100
+    tensors would be copied by a storage copy that holds the GIL until the GPU reaches it: on an
+    H200 the training steps of an epoch took 0.13-0.39 s longer with those writes than without
+    checkpoints.) Writes, then removals, run one at a time in
     the order they were asked for, so ModelCheckpoint's top-k clean-up never deletes a file
     whose write is still queued (Lightning's own AsyncCheckpointIO removes at once:
     Lightning-AI/pytorch-lightning#14035). A load, and the end of every fit / test, wait for the
@@ -227,11 +232,26 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
         self.raise_error()
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        devices = set()
+
+        def to_host(tensor: torch.Tensor) -> torch.Tensor:
+            tensor = tensor.detach()
+            if tensor.is_cuda:
+                devices.add(tensor.device)
+                return tensor.to("cpu", non_blocking=True)  # pinned memory, in stream order
+            return tensor.clone() if tensor.device.type == "cpu" else tensor.cpu()
+
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, to_host)
         state_dict = checkpoint.get("state_dict")
         if hasattr(state_dict, "_metadata"):  # module versions, which load_state_dict reads; the copy drops them
             snapshot["state_dict"]._metadata = state_dict._metadata
-        self.submit(super().save_checkpoint, snapshot, path, storage_options)
+        copied = [torch.cuda.current_stream(device).record_event() for device in devices]
+        self.submit(self.write, copied, snapshot, path, storage_options)
+
+    def write(self, copied: list, snapshot: dict, path, storage_options) -> None:
+        for event in copied:
+            event.synchronize()  # the host copies have landed (waits without the GIL)
+        super().save_checkpoint(snapshot, path, storage_options)
 
     def remove_checkpoint(self, path) -> None:
         self.submit(super().remove_checkpoint, path)
