@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements, in order of importance, each stage skipped when too little time is left:
-# throughput against the plain loop and Lightning's loop alone, eager and with CUDA graphs
-# (model.compile=reduce-overhead); the seed's 40 epochs compiled (default mode) and eager; per
-# training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
-# loop's step split into augmentation, forward, backward and optimizer), eager and with CUDA
-# graphs; then the seed's 40 epochs with CUDA graphs, compiled with fused SGD, and in fp32.
+# The tests that need a GPU, then the GPU measurements in order of importance, each stage
+# skipped when too little time is left: the seed's 40 epochs eager, compiled (default mode) and
+# with CUDA graphs (model.compile=reduce-overhead); throughput against the plain loop and
+# Lightning's loop alone, eager and with CUDA graphs; per training step, host syncs, kernel
+# launches and GPU busy time against wall time (and the plain loop's step split into
+# augmentation, forward, backward and optimizer), eager and with CUDA graphs; the seed in fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
@@ -50,16 +50,17 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-# the goals first: throughput against the plain loop and Lightning's loop alone (eager, twice over,
-# then CUDA graphs), the seed's 40 epochs compiled and eager (the data cache is built by the first)
+# the tests that only run on a GPU (pytest comes from .device/wheels: pip download pytest iniconfig pluggy)
+if python3 -c "import pytest" 2>/dev/null; then
+  echo "== GPU tests"; python3 -m pytest -q -rs -p no:cacheprovider tests/test_checkpoint_io.py 2>&1 | tail -n 4
+else echo "== skip GPU tests: no pytest here"; fi
+train seed_bf16 60                       # the seed's 40 epochs, bf16, eager (builds the data cache)
+train seed_bf16_compiled 90 model.compile=true
+train seed_bf16_reduce_overhead 90 model.compile=reduce-overhead
 ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager
 bench bench_bf16_reduce_overhead 60 --bare model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
-train seed_bf16_compiled 90 model.compile=true
-train seed_bf16 60                       # the seed's 40 epochs, bf16, eager, cache warm
 syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time
 # the same with CUDA graphs: which compiled graphs run, are they replayed, and why torch skipped or recompiled any
 TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_reduce_overhead 45 model.compile=reduce-overhead
-train seed_bf16_reduce_overhead 90 model.compile=reduce-overhead
-train seed_bf16_compiled_fused_sgd 90 model.compile=true +model.optimizer.fused=true  # one fused optimizer kernel
 train seed_fp32 90 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
 echo "== done in $SECONDS s"
