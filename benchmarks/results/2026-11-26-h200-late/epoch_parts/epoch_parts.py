@@ -1,5 +1,6 @@
 """Diagnostic callback: where an epoch's wall time goes (train steps, validation, the rest)."""
 import time
+
 import lightning as L
 import torch
 
