@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tests that need a GPU, then the GPU measurements in order of importance, each stage
-# skipped when too little time is left: the seed's 40 epochs eager, compiled (default mode) and
+# skipped when too little time is left: where an epoch's time goes, with checkpoints and
+# without (6 epochs each); the seed's 40 epochs eager, compiled (default mode) and
 # with CUDA graphs (model.compile=reduce-overhead); throughput against the plain loop and
 # Lightning's loop alone, eager and with CUDA graphs; per training step, host syncs, kernel
 # launches and GPU busy time against wall time (and the plain loop's step split into
@@ -48,13 +49,25 @@ syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
     | tr '\r' '\n' | grep -E 'Synchronize|_local_scalar_dense|launches|aten_ops|_ms_per_step|host_ms|"(augment|forward|backward|optimizer)"|compiled_graph|"graphs"|"[0-9]+/[0-9]+"|cudagraph|Recompil|- [0-9]+/|fewer than|Error|error'
 }
 
+parts() {  # parts NAME NEEDED_SECONDS OVERRIDES...: 6 epochs of the recipe, each epoch's time split (epoch_parts.py)
+  local name=$1 need=$2; shift 2
+  fits "$name" "$need" || return 0
+  PYTHONPATH=benchmarks${PYTHONPATH:+:$PYTHONPATH} timeout $(( $(left) - 5 )) python3 src/train.py $RECIPE "${common[@]}" \
+    trainer.max_epochs=6 test=false +callbacks.epoch_parts._target_=epoch_parts.EpochParts \
+    +callbacks.epoch_parts.path="$OUT/$name.json" "$@" 2>&1 | grep -E "Error|error" | tail -n 5
+  python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['median_after_first'])" "$OUT/$name.json"
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 # the tests that only run on a GPU (pytest comes from .device/wheels: pip download pytest iniconfig pluggy)
 if python3 -c "import pytest" 2>/dev/null; then
   echo "== GPU tests"; python3 -m pytest -q -rs -p no:cacheprovider tests/test_checkpoint_io.py 2>&1 | tail -n 4
 else echo "== skip GPU tests: no pytest here"; fi
-train seed_bf16 60                       # the seed's 40 epochs, bf16, eager (builds the data cache)
+# an epoch's parts with the shipped checkpoint writes and with none (builds the data cache)
+parts epoch_parts_bf16 40
+parts epoch_parts_bf16_no_checkpoints 30 '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' +trainer.enable_checkpointing=false
+train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
 train seed_bf16_compiled 90 model.compile=true
 train seed_bf16_reduce_overhead 90 model.compile=reduce-overhead
 ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager

@@ -4,6 +4,8 @@ They are what a lent GPU's few minutes are spent on, so a broken one must show h
 """
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 
@@ -63,3 +65,21 @@ def test_host_syncs_says_when_an_epoch_is_too_short(tiny):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_syncs.py"), "--stop", "30", *overrides],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "fewer than --stop=30 steps" in result.stderr
+
+
+def test_epoch_parts_splits_every_epoch_of_a_training_run(tiny):
+    tmp, overrides = tiny
+    out = tmp / "parts.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "src/train.py", *overrides, "trainer.max_epochs=3", "test=false", f"paths.log_dir={tmp / 'logs'}",
+         "+callbacks.epoch_parts._target_=epoch_parts.EpochParts", f"+callbacks.epoch_parts.path={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parts = json.loads(out.read_text())
+    assert [e["epoch"] for e in parts["epochs"]] == [0, 1, 2] and parts["sync"] is False
+    for e in parts["epochs"]:
+        assert min(e["train_s"], e["val_s"], e["after_val_s"]) > 0
+        assert e["epoch_s"] == pytest.approx(e["train_s"] + e["val_s"] + e["after_val_s"], abs=1e-3)
+    assert parts["median_after_first"]["epoch_s"] == pytest.approx(
+        statistics.median(e["epoch_s"] for e in parts["epochs"][1:]), abs=1e-4)
