@@ -69,6 +69,15 @@ def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path)
     assert metrics["test/acc"] == pytest.approx(val_acc[0]) and val_acc[0] != val_acc[-1]
 
 
+def test_a_run_without_test_ends_on_its_validation_accuracy(tmp_path):
+    run_dir, _ = train_debug(tmp_path, "test=false")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test/acc" not in metrics and 0 <= metrics["val/acc"] <= 1
+    assert not (run_dir / "report.md").exists()  # the pictures and report come with the test
+    last_line = (run_dir / "train.log").read_text().splitlines()[-1]
+    assert f"val/acc {metrics['val/acc']:.4f} (test=false: no test)" in last_line and "nan" not in last_line
+
+
 def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
     run_dir, _ = train_debug(tmp_path, "model.compile=true")
     metrics = json.loads((run_dir / "metrics.json").read_text())

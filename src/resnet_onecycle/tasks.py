@@ -149,8 +149,9 @@ def train(cfg: DictConfig) -> dict:
             summary["per_class_accuracy"] = analysis["per_class_accuracy"]
         summary["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_metrics(output_dir, summary)
-        log.info("test/acc %.4f  wall time %.1f s  -> %s",
-                 summary.get("test/acc", float("nan")), summary["wall_time_s"], output_dir)
+        result = (f"test/acc {summary['test/acc']:.4f}" if "test/acc" in summary
+                  else f"val/acc {summary.get('val/acc', float('nan')):.4f} (test=false: no test)")
+        log.info("%s  wall time %.1f s  -> %s", result, summary["wall_time_s"], output_dir)
     return summary
 
 
