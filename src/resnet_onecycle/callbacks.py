@@ -197,11 +197,13 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
     event, which lets go of the GIL. (Left to `torch.save` on the writer thread, each of the ~100
     tensors would be copied by a storage copy that holds the GIL until the GPU reaches it: on an
     H200 the training steps of an epoch took 0.13-0.39 s longer with those writes than without
-    checkpoints.) Writes, then removals, run one at a time in
-    the order they were asked for, so ModelCheckpoint's top-k clean-up never deletes a file
-    whose write is still queued (Lightning's own AsyncCheckpointIO removes at once:
-    Lightning-AI/pytorch-lightning#14035). A load, and the end of every fit / test, wait for the
-    queued writes; an error in a write is raised on the next call.
+    checkpoints.)
+
+    Writes, then removals, run one at a time in the order they were asked for, so
+    ModelCheckpoint's top-k clean-up never deletes a file whose write is still queued
+    (Lightning's own AsyncCheckpointIO removes at once: Lightning-AI/pytorch-lightning#14035).
+    A load, and the end of every fit / test, wait for the queued writes; an error in a write is
+    raised on the next call.
     """
 
     def __init__(self) -> None:
