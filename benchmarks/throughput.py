@@ -103,7 +103,7 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
     net = instantiate(cfg.model.net).to(device)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    forward = compiled(net, cfg.model.compile) if cfg.model.compile else net
+    forward = compiled(net, cfg.model.compile, device.type) if cfg.model.compile else net
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
     scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=epochs * len(batches), steps_per_epoch=len(batches))
     precision = str(cfg.trainer.precision)

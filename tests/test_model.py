@@ -81,10 +81,12 @@ def test_non_positive_width_is_refused_with_the_key(width):
         MixedResNet(width=width)
 
 
-@pytest.mark.parametrize("setting, mode", [(True, None), ("reduce-overhead", "reduce-overhead"),
-                                           ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
-def test_model_compile_passes_its_mode_to_torch_compile_with_static_shapes_once(monkeypatch, setting, mode):
+@pytest.mark.parametrize("setting, device, mode", [
+    (True, "cpu", "default"), (True, "cuda", "reduce-overhead"), ("default", "cuda", "default"),
+    ("reduce-overhead", "cpu", "reduce-overhead"), ("max-autotune-no-cudagraphs", "cuda", "max-autotune-no-cudagraphs")])
+def test_model_compile_passes_its_mode_to_torch_compile_with_static_shapes_once(monkeypatch, setting, device, mode):
     from functools import partial
+    from types import SimpleNamespace
 
     from resnet_onecycle.module import MixedResNetModule
 
@@ -92,6 +94,7 @@ def test_model_compile_passes_its_mode_to_torch_compile_with_static_shapes_once(
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: calls.append((mode, dynamic)) or fn)
     monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("reset"))
     module = MixedResNetModule(MixedResNet(width=0.0625), partial(torch.optim.SGD, lr=0.1), None, compile=setting)
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))  # where it will run
     module.setup("fit")
     module.setup("test")  # compiled once per module, after clearing graphs an earlier module left
     assert calls == ["reset", (mode, False)]

@@ -140,3 +140,21 @@ def test_trainer_profiler_still_profiles(tmp_path):
     trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
     assert isinstance(trainer.profiler, SimpleProfiler)
     assert len(trainer.profiler.recorded_durations["run_training_batch"]) == 4
+
+
+def test_the_epoch_metrics_cost_a_step_two_kernels():
+    """A training step's share of the epoch's loss and accuracy: argmax and == (views launch
+    nothing); summing waits for the epoch's end. On a GPU each kernel is a launch paid in host time."""
+    from resnet_onecycle.models import MixedResNet
+    from resnet_onecycle.module import MixedResNetModule
+
+    module = MixedResNetModule(MixedResNet(width=0.0625), None, None)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with OpRecorder() as net_and_loss:
+        torch.nn.functional.cross_entropy(module.logits(images), labels)
+    with OpRecorder() as step:
+        module.step((images, labels), "train")
+    extra = step.ops - net_and_loss.ops
+    assert {op: n for op, n in extra.items() if op not in {"aten::detach", "aten::expand"}} == \
+        {"aten::argmax": 1, "aten::eq": 1}
+    assert module.stats["train_stats"].compute()["acc"].isfinite()

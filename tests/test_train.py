@@ -91,13 +91,15 @@ def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
     assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])  # loads in an eager net
 
 
-@pytest.mark.parametrize("mode, device, warned", [("reduce-overhead", "cuda", True), ("true", "cuda", False),
-                                                  ("reduce-overhead", "cpu", False)])
-def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch, caplog, mode, device, warned):
+@pytest.mark.parametrize("setting, mode, device, warned", [
+    ("reduce-overhead", "reduce-overhead", "cuda", True), ("true", "reduce-overhead", "cuda", True),
+    ("default", "default", "cuda", False), ("true", "default", "cpu", False),
+    ("reduce-overhead", "reduce-overhead", "cpu", False)])
+def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch, caplog, setting, mode, device, warned):
     from conftest import compose_train
     from resnet_onecycle import tasks
 
-    cfg = compose_train([f"model.compile={mode}"], tmp_path)
+    cfg = compose_train([f"model.compile={setting}"], tmp_path)
     before = {"graphs": 3, "graph_breaks": 1, "cudagraph_skips": 2}
     readings = []
 
@@ -108,7 +110,7 @@ def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch
     monkeypatch.setattr(tasks, "compile_counters", counts_since)
     record = tasks.compile_report(cfg, before, torch.device(device))
     assert readings == [before]  # the run's counts: those since the reading taken before fit
-    assert record == {"compile": {"mode": "default" if mode == "true" else mode, "graphs": 4, "graph_breaks": 0,
+    assert record == {"compile": {"mode": mode, "graphs": 4, "graph_breaks": 0,
                                   "cudagraph_skips": 2}}
     assert ("CUDA graphs were skipped 2 times" in caplog.text) == warned
 

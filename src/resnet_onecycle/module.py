@@ -10,26 +10,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from resnet_onecycle.errors import ConfigError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_mode(setting: bool | str) -> str | None:
-    """`model.compile`: false, true (torch.compile's default mode) or one of its modes, checked
-    when the model is built, before any data is read or compiled."""
-    if setting is True or setting is False or setting in COMPILE_MODES:
-        return None if isinstance(setting, bool) else setting
-    raise ConfigError(f"model.compile={setting!r}: use false, true (torch.compile's default mode) or a mode: "
-                      + ", ".join(COMPILE_MODES) + ".")
+def compile_mode(setting: bool | str, device_type: str = "cpu") -> str | None:
+    """The torch.compile mode that `model.compile` asks for on a device of this type, or None for
+    no compilation; an unknown value is refused when the model is built, before any data is read.
+
+    `true` is the mode measured fastest here: on a GPU, `reduce-overhead` (CUDA graphs), whose
+    replays take the host's per-kernel launch work off the step (median seed epoch 0.57 s
+    against 0.77-0.84 s with torch's default mode on an H200 and an H100, benchmarks/RESULTS.md);
+    elsewhere torch's `default`. A mode name is used as it is.
+    """
+    if setting is True:
+        return "reduce-overhead" if device_type == "cuda" else "default"
+    if setting is False:
+        return None
+    if setting in COMPILE_MODES:
+        return setting
+    raise ConfigError(f"model.compile={setting!r}: use false, true (reduce-overhead on a GPU, default elsewhere) "
+                      "or a mode: " + ", ".join(COMPILE_MODES) + ".")
 
 
-def compiled(fn: Callable, setting: bool | str) -> Callable:
-    """`fn` through torch.compile in the mode `model.compile` names, with static shapes: each batch
-    size (a full batch, an epoch's last smaller one) gets its own graph, specialized for it,
-    rather than one graph for any size."""
-    return torch.compile(fn, mode=compile_mode(setting), dynamic=False)
+def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
+    """`fn` through torch.compile in the mode `model.compile` asks for on this device type, with
+    static shapes: each batch size (a full batch, an epoch's last smaller one) gets its own graph,
+    specialized for it, rather than one graph for any size."""
+    return torch.compile(fn, mode=compile_mode(setting, device_type), dynamic=False)
 
 
 def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
@@ -46,29 +57,33 @@ def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
 
 
 class EpochStats(Metric):
-    """Mean cross-entropy and accuracy over an epoch, kept on the device and summed across processes.
+    """Mean cross-entropy and accuracy over an epoch, kept on the device and gathered across processes.
 
-    It gives what MeanMetric and MulticlassAccuracy(average="micro") give, for 18 aten ops a step
-    instead of their 64 (20.8 µs against 50.6 µs of host time on a 2-core CPU, batch 512): on a
-    GPU, ops are kernel launches, host time that a host-bound training step pays for.
+    It gives what MeanMetric and MulticlassAccuracy(average="micro") give. A step adds two kernels
+    (argmax, ==) and keeps the batch's loss as an expanded view of it, one value per image, which
+    launches nothing; `compute` concatenates and averages once an epoch. On a GPU every kernel is
+    a launch, host time that a host-bound training step pays for: those two metrics take 64 aten
+    ops a step, summing into tensor states took 7 kernels (benchmarks/RESULTS.md).
     """
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("losses", [], dist_reduce_fx="cat")  # per image: its batch's mean loss
+        self.add_state("hits", [], dist_reduce_fx="cat")  # per image: prediction == label
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        n = labels.numel()
-        self.loss_sum += loss.detach() * n
-        self.correct += (logits.detach().argmax(-1) == labels).sum()
-        self.count += n
+        self.losses.append(loss.detach().expand(labels.numel()))
+        self.hits.append(logits.detach().argmax(-1) == labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"loss": self.loss_sum / self.count, "acc": self.correct / self.count}
+        # lists on one process; after a multi-process sync, already one concatenated tensor each
+        if isinstance(self.hits, list) and not self.hits:  # no step this epoch (a resume at its end)
+            nan = torch.tensor(float("nan"), device=self.device)
+            return {"loss": nan, "acc": nan}
+        losses, hits = dim_zero_cat(self.losses), dim_zero_cat(self.hits)
+        return {"loss": losses.float().mean(), "acc": hits.float().mean()}
 
 
 class MixedResNetModule(L.LightningModule):
@@ -128,7 +143,9 @@ class MixedResNetModule(L.LightningModule):
             # runs the net uncompiled: each module starts afresh (the disk cache still serves them).
             torch.compiler.reset()
             # The bound forward, not the module, so checkpoints keep plain parameter names.
-            self.compiled_net = compiled(self.net.forward, self.hparams.compile)
+            # where the steps will run (the module itself is moved there after this hook)
+            device_type = self._trainer.strategy.root_device.type if self._trainer else self.device.type
+            self.compiled_net = compiled(self.net.forward, self.hparams.compile, device_type)
 
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
@@ -148,7 +165,7 @@ class MixedResNetModule(L.LightningModule):
         images, labels = batch
         logits = self.logits(images)
         loss = F.cross_entropy(logits, labels)
-        # Accumulated on the device, nothing here waits for the GPU; read once per epoch (log_epoch).
+        # Kept on the device, nothing here waits for the GPU; read once per epoch (log_epoch).
         self.stats[f"{stage}_stats"].update(logits, labels, loss)
         return loss
 

@@ -161,11 +161,11 @@ def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
     if not cfg.model.get("compile"):
         return {}
     counts = compile_counters(since=before)
-    mode = compile_mode(cfg.model.compile)
+    mode = compile_mode(cfg.model.compile, device.type)
     if device.type == "cuda" and counts.get("cudagraph_skips") and mode in ("reduce-overhead", "max-autotune"):
         log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
                     "TORCH_LOGS=cudagraphs,perf_hints shows why.", cfg.model.compile, counts["cudagraph_skips"])
-    return {"compile": {"mode": mode or "default", **counts}}
+    return {"compile": {"mode": mode, **counts}}
 
 
 def find_lr(cfg: DictConfig) -> dict:
