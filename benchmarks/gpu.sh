@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The tests that need a GPU, then the GPU measurements in order of importance, each stage
-# skipped when too little time is left: where an epoch's time goes, with checkpoints and
-# without (6 epochs each); the seed's 40 epochs eager, compiled (default mode) and
-# with CUDA graphs (model.compile=reduce-overhead); throughput against the plain loop and
-# Lightning's loop alone, eager and with CUDA graphs; per training step, host syncs, kernel
-# launches and GPU busy time against wall time (and the plain loop's step split into
-# augmentation, forward, backward and optimizer), eager and with CUDA graphs; the seed in fp32.
+# skipped when too little time is left: throughput against the plain loop and Lightning's loop
+# alone, eager (3 rounds of 8 epochs); the seed's 40 epochs eager and compiled (model.compile=true:
+# CUDA graphs on a GPU); throughput compiled; per training step, host syncs, kernel launches and
+# GPU busy time against wall time (and the plain loop's step split into augmentation, forward,
+# backward and optimizer), eager and compiled; the seed compiled in torch's default mode; where an
+# epoch's time goes, with checkpoints and without (6 epochs each); the seed in fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
-# Results (JSON) land in $OUT (default gpu-results/). A CPU dry run of the same script:
+# Results (JSON) land in $OUT (default gpu-results/); where only a few files may come back:
+#   OUT=/tmp/res bash benchmarks/gpu.sh | tee gpu.log; tar -C /tmp/res -czf results.tar.gz .
+# A CPU dry run of the same script:
 #   OUT=/tmp/dry DATA=... RECIPE="experiment=seed data.subset=2048 data.test_subset=1024 model.net.width=0.125 trainer.max_epochs=6 trainer=cpu" BUDGET=600 bash benchmarks/gpu.sh
 set -uo pipefail
 OUT=${OUT:-gpu-results}
@@ -64,16 +66,17 @@ python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightnin
 if python3 -c "import pytest" 2>/dev/null; then
   echo "== GPU tests"; python3 -m pytest -q -rs -p no:cacheprovider tests/test_checkpoint_io.py 2>&1 | tail -n 4
 else echo "== skip GPU tests: no pytest here"; fi
-# an epoch's parts with the shipped checkpoint writes and with none (builds the data cache)
+# project vs plain loop vs Lightning's loop alone, bf16, eager: where the host's per-step work shows
+ROUNDS=3 BENCH_EPOCHS=8 bench bench_bf16 110 --bare
+train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
+train seed_bf16_compiled 80 model.compile=true         # compiled: CUDA graphs (reduce-overhead) on a GPU
+bench bench_bf16_compiled 60 --bare model.compile=true
+syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time
+# the same compiled: which graphs run, are they replayed, and why torch skipped or recompiled any
+TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_compiled 45 model.compile=true
+train seed_bf16_compile_default 90 model.compile=default  # torch.compile's default mode, no CUDA graphs
+# an epoch's parts with the shipped checkpoint writes and with none
 parts epoch_parts_bf16 40
 parts epoch_parts_bf16_no_checkpoints 30 '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' +trainer.enable_checkpointing=false
-train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
-train seed_bf16_compiled 90 model.compile=true
-train seed_bf16_reduce_overhead 90 model.compile=reduce-overhead
-ROUNDS=2 bench bench_bf16 70 --bare      # project vs plain loop vs Lightning's loop alone, bf16, eager
-bench bench_bf16_reduce_overhead 60 --bare model.compile=reduce-overhead  # CUDA graphs: the host's per-step work off the critical path
-syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time
-# the same with CUDA graphs: which compiled graphs run, are they replayed, and why torch skipped or recompiled any
-TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_reduce_overhead 45 model.compile=reduce-overhead
 train seed_fp32 90 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
 echo "== done in $SECONDS s"
