@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The tests that need a GPU, then the GPU measurements in order of importance, each stage
 # skipped when too little time is left: throughput against the plain loop and Lightning's loop
-# alone, eager (3 rounds of 8 epochs); the seed's 40 epochs eager and compiled (model.compile=true:
-# CUDA graphs on a GPU); throughput compiled; per training step, host syncs, kernel launches and
-# GPU busy time against wall time (and the plain loop's step split into augmentation, forward,
-# backward and optimizer), eager and compiled; the seed compiled in torch's default mode; where an
-# epoch's time goes, with checkpoints and without (6 epochs each); the seed in fp32.
+# alone, eager (3 rounds of 8 epochs); the seed's 40 epochs eager, compiled (model.compile=true:
+# CUDA graphs on a GPU) and with torch.compile's cudagraphs backend; the throughput of both; per
+# training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
+# loop's step split into augmentation, forward, backward and optimizer), eager and compiled; the
+# seed compiled in torch's default mode; where an epoch's time goes, with checkpoints and
+# without (6 epochs each); the seed in fp32.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/); where only a few files may come back:
@@ -70,7 +71,9 @@ else echo "== skip GPU tests: no pytest here"; fi
 ROUNDS=3 BENCH_EPOCHS=8 bench bench_bf16 110 --bare
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
 train seed_bf16_compiled 80 model.compile=true         # compiled: CUDA graphs (reduce-overhead) on a GPU
+train seed_bf16_cudagraphs 60 model.compile=cudagraphs  # CUDA graphs of the eager kernels: compiles in seconds?
 bench bench_bf16_compiled 60 --bare model.compile=true
+bench bench_bf16_cudagraphs 60 --bare model.compile=cudagraphs
 syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time
 # the same compiled: which graphs run, are they replayed, and why torch skipped or recompiled any
 TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_compiled 45 model.compile=true

@@ -83,7 +83,8 @@ def test_non_positive_width_is_refused_with_the_key(width):
 
 @pytest.mark.parametrize("setting, device, mode", [
     (True, "cpu", "default"), (True, "cuda", "reduce-overhead"), ("default", "cuda", "default"),
-    ("reduce-overhead", "cpu", "reduce-overhead"), ("max-autotune-no-cudagraphs", "cuda", "max-autotune-no-cudagraphs")])
+    ("reduce-overhead", "cpu", "reduce-overhead"), ("max-autotune-no-cudagraphs", "cuda", "max-autotune-no-cudagraphs"),
+    ("cudagraphs", "cuda", "backend=cudagraphs")])
 def test_model_compile_passes_its_mode_to_torch_compile_with_static_shapes_once(monkeypatch, setting, device, mode):
     from functools import partial
     from types import SimpleNamespace
@@ -91,7 +92,11 @@ def test_model_compile_passes_its_mode_to_torch_compile_with_static_shapes_once(
     from resnet_onecycle.module import MixedResNetModule
 
     calls = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: calls.append((mode, dynamic)) or fn)
+    def recording_compile(fn, mode=None, dynamic=None, backend="inductor"):
+        calls.append((mode if backend == "inductor" else f"backend={backend}", dynamic))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
     monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("reset"))
     module = MixedResNetModule(MixedResNet(width=0.0625), partial(torch.optim.SGD, lr=0.1), None, compile=setting)
     module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))  # where it will run

@@ -14,7 +14,10 @@ from torchmetrics.utilities import dim_zero_cat
 
 from resnet_onecycle.errors import ConfigError
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile's modes, and `cudagraphs`: its backend of that name (CUDA graphs of the eager
+# kernels, no code generated), which compiles in seconds rather than tens of seconds
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # those that capture CUDA graphs
 
 
 def compile_mode(setting: bool | str, device_type: str = "cpu") -> str | None:
@@ -24,7 +27,8 @@ def compile_mode(setting: bool | str, device_type: str = "cpu") -> str | None:
     `true` is the mode measured fastest here: on a GPU, `reduce-overhead` (CUDA graphs), whose
     replays take the host's per-kernel launch work off the step (median seed epoch 0.57 s
     against 0.77-0.84 s with torch's default mode on an H200 and an H100, benchmarks/RESULTS.md);
-    elsewhere torch's `default`. A mode name is used as it is.
+    elsewhere torch's `default`. A mode name is used as it is; `cudagraphs` is not one of
+    torch.compile's modes but its backend of that name.
     """
     if setting is True:
         return "reduce-overhead" if device_type == "cuda" else "default"
@@ -40,12 +44,15 @@ def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
     """`fn` through torch.compile in the mode `model.compile` asks for on this device type, with
     static shapes: each batch size (a full batch, an epoch's last smaller one) gets its own graph,
     specialized for it, rather than one graph for any size."""
-    return torch.compile(fn, mode=compile_mode(setting, device_type), dynamic=False)
+    mode = compile_mode(setting, device_type)
+    if mode == "cudagraphs":
+        return torch.compile(fn, backend="cudagraphs", dynamic=False)
+    return torch.compile(fn, mode=mode, dynamic=False)
 
 
 def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
     """torch.compile's counts: graphs compiled (recompiles included), graph breaks, and the times
-    CUDA graphs were skipped (reduce-overhead, max-autotune). The counts are process-wide: with
+    CUDA graphs were skipped (reduce-overhead, max-autotune, cudagraphs). The counts are process-wide: with
     `since`, an earlier reading, those since then. Empty where this torch does not keep them."""
     try:
         from torch._dynamo.utils import counters

@@ -18,7 +18,7 @@ from resnet_onecycle.callbacks import DivergenceError, TrainingInterrupted
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.lr_find import plot_lr_find, run_lr_find
-from resnet_onecycle.module import compile_counters, compile_mode
+from resnet_onecycle.module import CUDA_GRAPH_MODES, compile_counters, compile_mode
 from resnet_onecycle.records import (
     check_config,
     final_metrics,
@@ -162,7 +162,7 @@ def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
         return {}
     counts = compile_counters(since=before)
     mode = compile_mode(cfg.model.compile, device.type)
-    if device.type == "cuda" and counts.get("cudagraph_skips") and mode in ("reduce-overhead", "max-autotune"):
+    if device.type == "cuda" and counts.get("cudagraph_skips") and mode in CUDA_GRAPH_MODES:
         log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
                     "TORCH_LOGS=cudagraphs,perf_hints shows why.", cfg.model.compile, counts["cudagraph_skips"])
     return {"compile": {"mode": mode, **counts}}
