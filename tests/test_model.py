@@ -169,6 +169,10 @@ def test_epoch_stats_match_torchmetrics_mean_loss_and_micro_accuracy():
         torch.testing.assert_close(values["loss"], mean_loss.compute())
         for metric in (stats, accuracy, mean_loss):
             metric.reset()
+    # an epoch without a step (a run resumed at its very end) reads as nan, not as an error
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        empty = stats.compute()
+    assert empty["loss"].isnan() and empty["acc"].isnan()
 
 
 def test_a_config_saved_with_model_num_classes_still_builds(tmp_path):
