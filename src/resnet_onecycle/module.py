@@ -15,7 +15,7 @@ from torchmetrics.utilities import dim_zero_cat
 from resnet_onecycle.errors import ConfigError
 
 # torch.compile's modes, and `cudagraphs`: its backend of that name (CUDA graphs of the eager
-# kernels, no code generated), which compiles in seconds rather than tens of seconds
+# kernels, no code generated; what it costs and buys on a GPU is not measured yet)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # those that capture CUDA graphs
 
@@ -149,9 +149,9 @@ class MixedResNetModule(L.LightningModule):
             # range test) would count toward torch's limit of graphs per function, past which it
             # runs the net uncompiled: each module starts afresh (the disk cache still serves them).
             torch.compiler.reset()
-            # The bound forward, not the module, so checkpoints keep plain parameter names.
-            # where the steps will run (the module itself is moved there after this hook)
+            # Where the steps will run: the module itself is moved there after this hook.
             device_type = self._trainer.strategy.root_device.type if self._trainer else self.device.type
+            # The bound forward, not the module, so checkpoints keep plain parameter names.
             self.compiled_net = compiled(self.net.forward, self.hparams.compile, device_type)
 
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
