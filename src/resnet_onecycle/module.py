@@ -15,7 +15,8 @@ from torchmetrics.utilities import dim_zero_cat
 from resnet_onecycle.errors import ConfigError
 
 # torch.compile's modes, and `cudagraphs`: its backend of that name (CUDA graphs of the eager
-# kernels, no code generated; what it costs and buys on a GPU is not measured yet)
+# kernels, no code generated: on an H100 a 12 s start-up against 34-39 s for inductor's modes,
+# epochs between eager's and reduce-overhead's; benchmarks/RESULTS.md)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # those that capture CUDA graphs
 
