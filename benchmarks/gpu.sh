@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The tests that need a GPU, then the GPU measurements in order of importance, each stage
 # skipped when too little time is left: throughput against the plain loop and Lightning's loop
-# alone, eager (3 rounds of 8 epochs); the seed's 40 epochs eager, compiled (model.compile=true:
+# alone, eager (3 rounds of 8 epochs); the seed's 40 epochs eager; where an epoch's time goes,
+# with checkpoints and without (6 epochs each); the seed's 40 epochs compiled (model.compile=true:
 # CUDA graphs on a GPU) and with torch.compile's cudagraphs backend; the throughput of both; per
 # training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
 # loop's step split into augmentation, forward, backward and optimizer), eager and compiled; the
-# seed compiled in torch's default mode; where an epoch's time goes, with checkpoints and
-# without (6 epochs each); the seed in fp32.
+# seed compiled in torch's default mode; the seed in fp32. Eager times on a GPU depend on its
+# host's CPU (the eager step is bound by the host on an H100), so the host is printed first.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/); where only a few files may come back:
@@ -62,6 +63,7 @@ parts() {  # parts NAME NEEDED_SECONDS OVERRIDES...: 6 epochs of the recipe, eac
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+echo "host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 # the tests that only run on a GPU (pytest comes from .device/wheels: pip download pytest iniconfig pluggy)
 if python3 -c "import pytest" 2>/dev/null; then
@@ -70,6 +72,9 @@ else echo "== skip GPU tests: no pytest here"; fi
 # project vs plain loop vs Lightning's loop alone, bf16, eager: where the host's per-step work shows
 ROUNDS=3 BENCH_EPOCHS=8 bench bench_bf16 110 --bare
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
+# an epoch's parts with the shipped checkpoint writes and with none
+parts epoch_parts_bf16 40
+parts epoch_parts_bf16_no_checkpoints 30 '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' +trainer.enable_checkpointing=false
 train seed_bf16_compiled 80 model.compile=true         # compiled: CUDA graphs (reduce-overhead) on a GPU
 train seed_bf16_cudagraphs 60 model.compile=cudagraphs  # CUDA graphs of the eager kernels (12 s start-up on an H100)
 bench bench_bf16_compiled 60 --bare model.compile=true
@@ -78,8 +83,5 @@ syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches
 # the same compiled: which graphs run, are they replayed, and why torch skipped or recompiled any
 TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_compiled 45 model.compile=true
 train seed_bf16_compile_default 90 model.compile=default  # torch.compile's default mode, no CUDA graphs
-# an epoch's parts with the shipped checkpoint writes and with none
-parts epoch_parts_bf16 40
-parts epoch_parts_bf16_no_checkpoints 30 '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' +trainer.enable_checkpointing=false
 train seed_fp32 90 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
 echo "== done in $SECONDS s"
