@@ -6,8 +6,9 @@
 # CUDA graphs on a GPU) and with torch.compile's cudagraphs backend; the throughput of both; per
 # training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
 # loop's step split into augmentation, forward, backward and optimizer), eager and compiled; the
-# seed compiled in torch's default mode; the seed in fp32. Eager times on a GPU depend on its
-# host's CPU (the eager step is bound by the host on an H100), so the host is printed first.
+# seed compiled in torch's default mode; the LR range test compiled; the seed in fp32. Eager
+# times on a GPU depend on its host's CPU (on an H100 the host bounds the eager step), so the
+# host is printed first.
 # On the GPU machine, from the project's root:
 #   source .device/gpu-env.sh && bash benchmarks/gpu.sh
 # Results (JSON) land in $OUT (default gpu-results/); where only a few files may come back:
@@ -62,6 +63,15 @@ parts() {  # parts NAME NEEDED_SECONDS OVERRIDES...: 6 epochs of the recipe, eac
   python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['median_after_first'])" "$OUT/$name.json"
 }
 
+lr_range() {  # lr_range NAME NEEDED_SECONDS OVERRIDES...: the LR range test (src/find_lr.py) and what it suggests
+  local name=$1 need=$2; shift 2
+  fits "$name" "$need" || return 0
+  local start=$SECONDS
+  timeout $(( $(left) - 5 )) python3 src/find_lr.py $RECIPE "${common[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -E "max_lr=|Error|error" | tail -n 5
+  local run; run=$(ls -td "$work"/logs/find_lr/runs/* | head -n 1)
+  cp "$run/lr_find.json" "$OUT/$name.json" && echo "$name: $((SECONDS - start)) s"
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 echo "host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
@@ -83,5 +93,6 @@ syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches
 # the same compiled: which graphs run, are they replayed, and why torch skipped or recompiled any
 TORCH_LOGS=cudagraphs,perf_hints,recompiles syncs host_syncs_bf16_compiled 45 model.compile=true
 train seed_bf16_compile_default 90 model.compile=default  # torch.compile's default mode, no CUDA graphs
+lr_range lr_find_compiled 60 model.compile=true  # the range test through CUDA graphs
 train seed_fp32 90 trainer.precision=32-true trainer.benchmark=false model.channels_last=false
 echo "== done in $SECONDS s"
