@@ -103,11 +103,16 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
     net = instantiate(cfg.model.net).to(device)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
+    if cfg.model.compile:  # from a clean compiler state, as the project's module compiles (its setup)
+        torch.compiler.reset()
     forward = compiled(net, cfg.model.compile, device.type) if cfg.model.compile else net
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
     scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=epochs * len(batches), steps_per_epoch=len(batches))
     precision = str(cfg.trainer.precision)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+    # As Lightning's bf16-mixed does it (no cast cache): the same math, and a compiled net's guards
+    # on the autocast state pass in both paths
+    bf16 = precision.startswith("bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
     d = cfg.data
     times, step = [], 0
     for _ in range(epochs):
