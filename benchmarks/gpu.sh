@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The tests that need a GPU, then the GPU measurements in order of importance, each stage
 # skipped when too little time is left: throughput against the plain loop and Lightning's loop
-# alone, eager (3 rounds of 8 epochs); the seed's 40 epochs eager; where an epoch's time goes,
-# with checkpoints and without (6 epochs each); the seed's 40 epochs compiled (model.compile=true:
-# CUDA graphs on a GPU) and with torch.compile's cudagraphs backend; the throughput of both; per
+# alone, eager (3 rounds of 8 epochs) and compiled (model.compile=true: CUDA graphs on a GPU); the
+# host's own work per step in each path, on its CPU (a null net); the seed's 40 epochs eager and
+# compiled; where an epoch's time goes, with checkpoints and without (6 epochs each); the seed's
+# 40 epochs with torch.compile's cudagraphs backend, and its throughput; per
 # training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
 # loop's step split into augmentation, forward, backward and optimizer), eager and compiled; the
 # seed compiled in torch's default mode; the LR range test compiled; the seed in fp32. Eager
@@ -44,7 +45,12 @@ bench() {  # bench NAME NEEDED_SECONDS [--bare] OVERRIDES...
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --epochs "$BENCH_EPOCHS" --rounds "${ROUNDS:-1}" --json "$OUT/$name.json" \
-    "$@" $RECIPE "${common[@]}" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|ratio_project_over_plain|ratio_bare_over_plain|device|graphs|cudagraph_skips)"|ratio_per_round|Error|error'
+    "$@" $RECIPE "${common[@]}" 2>&1 | tr '\r' '\n' | grep -E '"(images_per_s|steady_epoch_s|first_epoch_s|device|graphs|cudagraph_skips)"|Error|error'
+  ratios "$OUT/$name.json"
+}
+
+ratios() {  # ratios JSON: one line of a throughput.py result: ms a step, the ratios, each round's
+  python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("ms a step", {p: d[p]["step_ms"] for p in ("project", "lightning_bare", "plain") if p in d}, "over plain", d["step_ms_over_plain"], "ratio", d["ratio_project_over_plain"], "rounds", d["ratio_per_round"], "bare", d.get("ratio_bare_over_plain"))' "$1"
 }
 
 syncs() {  # syncs NAME NEEDED_SECONDS OVERRIDES...
@@ -61,6 +67,16 @@ parts() {  # parts NAME NEEDED_SECONDS OVERRIDES...: 6 epochs of the recipe, eac
     trainer.max_epochs=6 test=false +callbacks.epoch_parts._target_=epoch_parts.EpochParts \
     +callbacks.epoch_parts.path="$OUT/$name.json" "$@" 2>&1 | grep -E "Error|error" | tail -n 5
   python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['median_after_first'])" "$OUT/$name.json"
+}
+
+hostwork() {  # hostwork NAME NEEDED_SECONDS: per step, the host's own work in each path, on its CPU with a
+  # null net and batch 2 (throughput.py --null-net): the work an eager GPU step waits on where the host bounds it
+  local name=$1 need=$2
+  fits "$name" "$need" || return 0
+  timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 --json "$OUT/$name.json" \
+    experiment=seed trainer=cpu data.batch_size=2 data.subset=2048 model.channels_last=false "${common[@]}" 2>&1 \
+    | tr '\r' '\n' | grep -E '"(host|python)"|Error|error'
+  ratios "$OUT/$name.json"
 }
 
 lr_range() {  # lr_range NAME NEEDED_SECONDS OVERRIDES...: the LR range test (src/find_lr.py) and what it suggests
@@ -81,13 +97,14 @@ if python3 -c "import pytest" 2>/dev/null; then
 else echo "== skip GPU tests: no pytest here"; fi
 # project vs plain loop vs Lightning's loop alone, bf16, eager: where the host's per-step work shows
 ROUNDS=3 BENCH_EPOCHS=8 bench bench_bf16 110 --bare
+bench bench_bf16_compiled 60 --bare model.compile=true  # the same compiled: CUDA graphs (reduce-overhead) on a GPU
+hostwork host_work_cpu 45                # the host's own work per step in each path, on this host's CPU
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
+train seed_bf16_compiled 80 model.compile=true
 # an epoch's parts with the shipped checkpoint writes and with none
 parts epoch_parts_bf16 40
 parts epoch_parts_bf16_no_checkpoints 30 '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' +trainer.enable_checkpointing=false
-train seed_bf16_compiled 80 model.compile=true         # compiled: CUDA graphs (reduce-overhead) on a GPU
 train seed_bf16_cudagraphs 60 model.compile=cudagraphs  # CUDA graphs of the eager kernels (12 s start-up on an H100)
-bench bench_bf16_compiled 60 --bare model.compile=true
 bench bench_bf16_cudagraphs 60 --bare model.compile=cudagraphs
 syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time
 # the same compiled: which graphs run, are they replayed, and why torch skipped or recompiled any

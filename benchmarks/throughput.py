@@ -9,19 +9,29 @@
     progress bar or training metrics, which splits the project's cost between Lightning's own
     per-step work and what the project adds to it.
 
+With `--null-net` the net is one Linear layer on the flattened image: a step's math is next to
+nothing, so (on the CPU, with a small batch) the times are the host's own work per step, which is
+what an eager GPU step waits on where the host bounds it.
+
 Each runs `--epochs` epochs; the first is start-up (cudnn autotuning, compilation, caches) and
-is reported apart; steady state is the median of the others. `--rounds N` runs the pair N times
-over and pools the steady epochs, so that a shared machine's slow drifts weigh on both paths
-alike. Prints one JSON object.
+is reported apart; steady state is the median of the others. `--rounds N` runs the paths N times
+over, every other round in reverse order (project, plain; plain, project; ...), and pools the
+steady epochs, so that a shared machine's slow drifts weigh on all paths alike. Prints one JSON
+object.
 
     python benchmarks/throughput.py experiment=cpu_quick data.source=../shared/data/cifar10-jpeg.tar.gz
     python benchmarks/throughput.py --epochs 6 experiment=seed trainer=gpu data.source=...
+    python benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 experiment=seed trainer=cpu \
+        data.batch_size=2 data.subset=2048 model.channels_last=false data.source=...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from resnet_onecycle.data.augment import augment
 from resnet_onecycle.data.cifar10 import Batches
@@ -42,6 +53,9 @@ from resnet_onecycle.module import MixedResNetModule, compile_counters, compiled
 from resnet_onecycle.tasks import instantiate_group
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# --null-net: one Linear layer on the flattened 32x32x3 image
+NULL_NET = {"_target_": "torch.nn.Sequential", "_args_": [
+    {"_target_": "torch.nn.Flatten"}, {"_target_": "torch.nn.Linear", "in_features": 3072, "out_features": 10}]}
 
 
 def sync(device: torch.device) -> None:
@@ -136,24 +150,38 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
     return times
 
 
+def host_cpu() -> str:
+    """The host's CPU model and core count: on a GPU, eager steps can be bound by it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def steady(times: list[float]) -> float:
     return statistics.median(times[1:]) if len(times) > 1 else times[0]
 
 
-def summarize(rounds: list[list[float]], images: int) -> dict:
-    """Steady state: the median of every round's epochs but its first."""
+def summarize(rounds: list[list[float]], images: int, steps: int) -> dict:
+    """Steady state: the median of every round's epochs but its first; `steps` a training epoch."""
     median = statistics.median(t for times in rounds for t in (times[1:] or times))
     return {"first_epoch_s": round(rounds[0][0], 3), "steady_epoch_s": round(median, 3),
-            "images_per_s": round(images / median, 1), "epoch_times_s": [[round(t, 3) for t in r] for r in rounds]}
+            "images_per_s": round(images / median, 1), "step_ms": round(median / steps * 1e3, 4),
+            "epoch_times_s": [[round(t, 3) for t in r] for r in rounds]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per path; the first counts as start-up")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="project then plain, this many times over: slow drifts of a shared machine cancel out")
+                        help="the paths this many times over, every other round in reverse order: "
+                        "slow drifts of a shared machine cancel out")
     parser.add_argument("--bare", action="store_true",
                         help="also time Lightning's loop alone (no callbacks, logger, progress bar or training metrics)")
+    parser.add_argument("--null-net", action="store_true",
+                        help="one Linear layer for a net: the times are the host's own work per step")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train.py")
     args = parser.parse_args()
@@ -163,7 +191,9 @@ def main() -> None:
         # Throughput does not depend on the LR; the peak only has to fall inside the short run.
         cfg = compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={out}", *args.overrides,
                                           f"model.scheduler.peak_epoch={args.epochs / 2}"])
-        project_rounds, plain_rounds, bare_rounds = [], [], []
+        if args.null_net:
+            with open_dict(cfg):
+                cfg.model.net = NULL_NET
         compiled = {"project": Counter(), "plain": Counter(), "lightning_bare": Counter()}  # what torch.compile did
 
         def timed(path: str, run):
@@ -173,24 +203,38 @@ def main() -> None:
             compiled[path].update(compile_counters(since=before))
             return result
 
-        for _ in range(args.rounds):
-            times, images, device = timed("project", lambda: project(cfg, args.epochs))
-            project_rounds.append(times)
-            if args.bare:
-                bare_rounds.append(timed("lightning_bare", lambda: project(cfg, args.epochs, bare=True))[0])
-            plain_rounds.append(timed("plain", lambda: plain(cfg, args.epochs, device)))
+        paths = ["project", *(["lightning_bare"] if args.bare else []), "plain"]
+        rounds: dict[str, list[list[float]]] = {path: [] for path in paths}
+        orders = []
+        for i in range(args.rounds):
+            # every other round in reverse order: a drift of the machine's speed within a round
+            # then weighs on each path as much as on the others (the first round sees the device)
+            order = paths if i % 2 == 0 else paths[::-1]
+            orders.append(order)
+            for path in order:
+                if path == "plain":
+                    rounds[path].append(timed(path, lambda: plain(cfg, args.epochs, device)))
+                else:
+                    times, images, device = timed(path, lambda: project(cfg, args.epochs, bare=path == "lightning_bare"))
+                    rounds[path].append(times)
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "lightning": L.__version__, "date": time.strftime("%Y-%m-%d"),
         "overrides": args.overrides, "train_images": images, "batch_size": cfg.data.batch_size,
-        "width": cfg.model.net.width, "precision": str(cfg.trainer.precision), "compile": cfg.model.compile,
-        "project": summarize(project_rounds, images), "plain": summarize(plain_rounds, images),
+        "width": "null net" if args.null_net else cfg.model.net.width,
+        "parameters": sum(p.numel() for p in instantiate(cfg.model.net).parameters()), "precision": str(cfg.trainer.precision),
+        "compile": cfg.model.compile, "host": host_cpu(), "python": platform.python_version(),
     }
+    steps = math.ceil(images / cfg.data.batch_size)
+    result.update({path: summarize(times, images, steps) for path, times in rounds.items()})
     result["ratio_project_over_plain"] = round(result["project"]["images_per_s"] / result["plain"]["images_per_s"], 3)
-    result["ratio_per_round"] = [round(steady(b) / steady(a), 3) for a, b in zip(project_rounds, plain_rounds)]
-    if bare_rounds:
-        result["lightning_bare"] = summarize(bare_rounds, images)
+    result["ratio_per_round"] = [round(steady(b) / steady(a), 3) for a, b in zip(rounds["project"], rounds["plain"])]
+    result["order_per_round"] = orders
+    # where the host bounds the step, this is the host work a step that the path adds to the plain loop's
+    result["step_ms_over_plain"] = {path: round(result[path]["step_ms"] - result["plain"]["step_ms"], 4)
+                                    for path in rounds if path != "plain"}
+    if args.bare:
         result["ratio_bare_over_plain"] = round(result["lightning_bare"]["images_per_s"] / result["plain"]["images_per_s"], 3)
     if cfg.model.compile:
         for path, counts in compiled.items():

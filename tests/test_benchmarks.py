@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT, write_image_tree
+from resnet_onecycle.models import MixedResNet
 
 # 10 steps an epoch
 TINY = ["debug=fast", "model.net.width=0.0625", "data.batch_size=32", "data.subset=320", "data.test_subset=40"]
@@ -36,12 +37,26 @@ def test_throughput_times_project_plain_loop_and_lightning_alone(tiny):
     result = run("throughput.py", "--epochs", "2", "--rounds", "2", "--bare", "--json", str(tmp / "t.json"), *overrides)
     assert json.loads((tmp / "t.json").read_text()) == result
     assert result["train_images"] == 320 and result["batch_size"] == 32 and result["width"] == 0.0625
+    assert result["parameters"] == sum(p.numel() for p in MixedResNet(0.0625).parameters()) and result["host"]
     for path in ("project", "plain", "lightning_bare"):
         assert result[path]["images_per_s"] > 0
         assert len(result[path]["epoch_times_s"]) == 2 and all(len(r) == 2 for r in result[path]["epoch_times_s"])
     ratio = result["project"]["images_per_s"] / result["plain"]["images_per_s"]
     assert result["ratio_project_over_plain"] == pytest.approx(ratio, abs=1e-3)
     assert len(result["ratio_per_round"]) == 2 and "compile" not in result["project"]
+    # every other round in reverse order, so that a drift of the machine weighs on all paths alike
+    assert result["order_per_round"] == [["project", "lightning_bare", "plain"], ["plain", "lightning_bare", "project"]]
+
+
+def test_throughput_with_a_null_net_times_the_hosts_work_per_step(tiny):
+    _, overrides = tiny
+    result = run("throughput.py", "--epochs", "2", "--null-net", *overrides)
+    assert result["width"] == "null net" and result["parameters"] == 3072 * 10 + 10  # one Linear layer
+    assert result["order_per_round"] == [["project", "plain"]] and list(result["step_ms_over_plain"]) == ["project"]
+    for path in ("project", "plain"):  # 10 steps an epoch; steady_epoch_s is rounded to 1 ms
+        assert result[path]["step_ms"] == pytest.approx(result[path]["steady_epoch_s"] / 10 * 1e3, abs=0.05)
+    assert result["step_ms_over_plain"]["project"] == pytest.approx(
+        result["project"]["step_ms"] - result["plain"]["step_ms"], abs=1e-3)
 
 
 def test_host_syncs_counts_each_step_and_splits_the_plain_loops_step_by_part(tiny):
