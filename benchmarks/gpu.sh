@@ -2,9 +2,9 @@
 # The tests that need a GPU, then the GPU measurements in order of importance, each stage
 # skipped when too little time is left: throughput against the plain loop and Lightning's loop
 # alone, eager (3 rounds of 8 epochs) and compiled (model.compile=true: CUDA graphs on a GPU); the
-# host's own work per step in each path, on its CPU (a null net); the seed's 40 epochs eager and
-# compiled; where an epoch's time goes, with checkpoints and without (6 epochs each); the seed's
-# 40 epochs with torch.compile's cudagraphs backend, and its throughput; per
+# host's own work per step in each path (a null net), on its CPU and on the GPU; the seed's 40
+# epochs eager and compiled; where an epoch's time goes, with checkpoints and without (6 epochs
+# each); the seed's 40 epochs with torch.compile's cudagraphs backend, and its throughput; per
 # training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
 # loop's step split into augmentation, forward, backward and optimizer), eager and compiled; the
 # seed compiled in torch's default mode; the LR range test compiled; the seed in fp32. Eager
@@ -69,12 +69,12 @@ parts() {  # parts NAME NEEDED_SECONDS OVERRIDES...: 6 epochs of the recipe, eac
   python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['median_after_first'])" "$OUT/$name.json"
 }
 
-hostwork() {  # hostwork NAME NEEDED_SECONDS: per step, the host's own work in each path, on its CPU with a
+hostwork() {  # hostwork NAME NEEDED_SECONDS OVERRIDES...: per step, the host's own work in each path, with a
   # null net and batch 2 (throughput.py --null-net): the work an eager GPU step waits on where the host bounds it
-  local name=$1 need=$2
+  local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 --json "$OUT/$name.json" \
-    experiment=seed trainer=cpu data.batch_size=2 data.subset=2048 model.channels_last=false "${common[@]}" 2>&1 \
+    experiment=seed data.batch_size=2 model.channels_last=false "${common[@]}" "$@" 2>&1 \
     | tr '\r' '\n' | grep -E '"(host|python)"|Error|error'
   ratios "$OUT/$name.json"
 }
@@ -98,7 +98,12 @@ else echo "== skip GPU tests: no pytest here"; fi
 # project vs plain loop vs Lightning's loop alone, bf16, eager: where the host's per-step work shows
 ROUNDS=3 BENCH_EPOCHS=8 bench bench_bf16 110 --bare
 bench bench_bf16_compiled 60 --bare model.compile=true  # the same compiled: CUDA graphs (reduce-overhead) on a GPU
-hostwork host_work_cpu 45                # the host's own work per step in each path, on this host's CPU
+hostwork host_work_cpu 45 trainer=cpu data.subset=2048  # the host's own work per step in each path, on this host's CPU
+# the same on the GPU: the null net's kernels are next to nothing, so its steps are the host's work,
+# CUDA launches included; what Lightning adds there is what it can add to an eager seed step
+if python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  hostwork host_work_gpu 45 trainer=gpu data.subset=1024
+else echo "== skip host_work_gpu: no GPU"; fi
 train seed_bf16 60                       # the seed's 40 epochs, bf16, eager
 train seed_bf16_compiled 80 model.compile=true
 # an epoch's parts with the shipped checkpoint writes and with none
