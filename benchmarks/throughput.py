@@ -9,9 +9,9 @@
     progress bar or training metrics, which splits the project's cost between Lightning's own
     per-step work and what the project adds to it.
 
-With `--null-net` the net is one Linear layer on the flattened image: a step's math is next to
-nothing, so (on the CPU, with a small batch) the times are the host's own work per step, which is
-what an eager GPU step waits on where the host bounds it.
+With `--null-net` the net is one Linear layer on the flattened image: with a small batch a step's
+math is next to nothing, so the times are the host's own work per step (on a GPU, its kernel
+launches included), which is what an eager GPU step waits on where the host bounds it.
 
 Each runs `--epochs` epochs; the first is start-up (cudnn autotuning, compilation, caches) and
 is reported apart; steady state is the median of the others. `--rounds N` runs the paths N times
