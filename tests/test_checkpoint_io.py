@@ -17,13 +17,17 @@ from resnet_onecycle.callbacks import AsyncCheckpointWrites
 
 @pytest.fixture
 def slow_writes(monkeypatch):
-    save = TorchCheckpointIO.save_checkpoint
+    # both the file writes here and Lightning's save (which AsyncCheckpointIO, the control, runs)
+    for cls, name in ((AsyncCheckpointWrites, "write_file"), (TorchCheckpointIO, "save_checkpoint")):
+        monkeypatch.setattr(cls, name, slowed(getattr(cls, name)))
 
+
+def slowed(save):
     def slow_save(self, *args, **kwargs):
         time.sleep(0.5)
         save(self, *args, **kwargs)
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_save)
+    return slow_save
 
 
 def test_a_checkpoint_holds_the_values_of_the_moment_it_was_asked_for(tmp_path, slow_writes):
@@ -38,13 +42,13 @@ def test_a_checkpoint_holds_the_values_of_the_moment_it_was_asked_for(tmp_path, 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (copies to pinned memory queued on its stream)")
 def test_cuda_tensors_reach_the_writer_on_the_host_with_the_values_of_the_moment(tmp_path, monkeypatch):
-    devices, save = [], TorchCheckpointIO.save_checkpoint
+    devices, save = [], AsyncCheckpointWrites.write_file
 
     def recording_save(self, checkpoint, *args, **kwargs):
         devices.append(checkpoint["w"].device)
         save(self, checkpoint, *args, **kwargs)
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", recording_save)
+    monkeypatch.setattr(AsyncCheckpointWrites, "write_file", recording_save)
     io = AsyncCheckpointWrites()
     weights = torch.full((1 << 22,), 7.0, device="cuda")
     torch.cuda._sleep(200_000_000)  # the GPU is busy: the copy to the host waits behind this in the stream
@@ -82,6 +86,35 @@ def test_a_failed_write_is_raised_on_the_next_call(tmp_path):
     with pytest.raises(OSError):
         io.teardown()
     io.teardown()  # raised once
+
+
+def test_a_failed_write_leaves_the_checkpoint_before_it_whole(tmp_path):
+    io = AsyncCheckpointWrites()
+    io.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "last.ckpt")
+    io.save_checkpoint({"w": torch.ones(3), "not picklable": lambda: None}, tmp_path / "last.ckpt")
+    with pytest.raises(Exception, match="pickle"):
+        io.wait()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
+    assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["w"], torch.zeros(3))
+    io.teardown()
+
+
+def test_the_file_is_what_lightnings_own_save_writes(tmp_path):
+    checkpoint = {"state_dict": nn.Linear(4, 2).state_dict(), "epoch": 3, "loops": {"fit_loop": {"x": [1, 2]}}}
+    io = AsyncCheckpointWrites()
+    io.save_checkpoint(checkpoint, tmp_path / "ours.ckpt")
+    io.teardown()
+    TorchCheckpointIO().save_checkpoint(checkpoint, tmp_path / "lightnings.ckpt")
+    assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "lightnings.ckpt").read_bytes()
+
+
+def test_a_remote_path_is_written_by_lightnings_fsspec_save():
+    fsspec = pytest.importorskip("fsspec")
+    io = AsyncCheckpointWrites()
+    io.save_checkpoint({"w": torch.arange(3)}, "memory://checkpoints/a.ckpt")
+    assert torch.equal(io.load_checkpoint("memory://checkpoints/a.ckpt")["w"], torch.arange(3))
+    io.teardown()
+    fsspec.filesystem("memory").rm("/checkpoints", recursive=True)
 
 
 class Tiny(L.LightningModule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -253,7 +254,28 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
     def write(self, copied: list, snapshot: dict, path, storage_options) -> None:
         for event in copied:
             event.synchronize()  # the host copies have landed (waits without the GIL)
-        super().save_checkpoint(snapshot, path, storage_options)
+        self.write_file(snapshot, path, storage_options)
+
+    def write_file(self, checkpoint: dict, path, storage_options=None) -> None:
+        """`torch.save` straight into the file. Lightning's own save pickles into a `BytesIO` and
+        copies that out again: two copies of the whole file made while holding the GIL, during
+        which the training loop cannot run Python. Here the tensors' bytes go out in system calls
+        that let go of it: on a 2-core CPU, two 53 MB checkpoints an epoch held a loop of small
+        tensor ops back 13-14 ms against 42-43 ms (benchmarks/checkpoint_writes.py). The file is written
+        next to its target and replaces it once complete, so an interrupted or failed write
+        leaves the checkpoint before it whole, as Lightning's fsspec transaction does. A remote
+        path (`s3://...`) or storage options go through Lightning's save."""
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def remove_checkpoint(self, path) -> None:
         self.submit(super().remove_checkpoint, path)
