@@ -4,7 +4,8 @@
 # alone, eager (3 rounds of 8 epochs) and compiled (model.compile=true: CUDA graphs on a GPU); the
 # host's own work per step in each path (a null net), on its CPU and on the GPU; the seed's 40
 # epochs eager and compiled; where an epoch's time goes, with checkpoints and without (6 epochs
-# each); the seed's 40 epochs with torch.compile's cudagraphs backend, and its throughput; per
+# each); what two background checkpoint writes an epoch cost the loop on the main thread, Lightning's
+# way and the project's; the seed's 40 epochs with torch.compile's cudagraphs backend, and its throughput; per
 # training step, host syncs, kernel launches and GPU busy time against wall time (and the plain
 # loop's step split into augmentation, forward, backward and optimizer), eager and compiled; the
 # seed compiled in torch's default mode; the LR range test compiled; the seed in fp32. Eager
@@ -79,6 +80,14 @@ hostwork() {  # hostwork NAME NEEDED_SECONDS OVERRIDES...: per step, the host's 
   ratios "$OUT/$name.json"
 }
 
+writes() {  # writes NAME NEEDED_SECONDS ARGS...: what two checkpoint writes an epoch cost a loop of small ops
+  # on the main thread, written Lightning's way and the project's (checkpoint_writes.py)
+  local name=$1 need=$2; shift 2
+  fits "$name" "$need" || return 0
+  timeout $(( $(left) - 5 )) python3 benchmarks/checkpoint_writes.py --json "$OUT/$name.json" "$@" 2>&1 \
+    | grep -A3 -E '"(epoch_s_median|writes_add_ms_per_epoch)"|Error|error' | grep -vE '^--|"none": 0.0$|}'
+}
+
 lr_range() {  # lr_range NAME NEEDED_SECONDS OVERRIDES...: the LR range test (src/find_lr.py) and what it suggests
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
@@ -109,6 +118,9 @@ train seed_bf16_compiled 80 model.compile=true
 # an epoch's parts with the shipped checkpoint writes and with none
 parts epoch_parts_bf16 40
 parts epoch_parts_bf16_no_checkpoints 30 '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' +trainer.enable_checkpointing=false
+# what two checkpoint writes an epoch cost the loop on the main thread, Lightning's save against the
+# project's; on a GPU the tensors are copied to pinned memory first, as in training
+writes checkpoint_writes 40 --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" --epochs 3
 train seed_bf16_cudagraphs 60 model.compile=cudagraphs  # CUDA graphs of the eager kernels (12 s start-up on an H100)
 bench bench_bf16_cudagraphs 60 --bare model.compile=cudagraphs
 syncs host_syncs_bf16 40                 # per step: host syncs, kernel launches, GPU busy vs wall time

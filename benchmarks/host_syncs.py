@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from throughput import CONFIGS, plain, project
+from throughput import CONFIGS, plain, project, report
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -136,10 +135,7 @@ def main() -> None:
     }
     if cfg.model.compile:  # what torch.compile did, both paths together: the plain loop reuses the project's graphs
         result["compile"] = compiled
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

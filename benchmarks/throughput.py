@@ -160,6 +160,14 @@ def host_cpu() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def report(result: dict, path: Path | None) -> None:
+    """Print the result as JSON, and write it to `path` too if given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+
+
 def steady(times: list[float]) -> float:
     return statistics.median(times[1:]) if len(times) > 1 else times[0]
 
@@ -240,10 +248,7 @@ def main() -> None:
         for path, counts in compiled.items():
             if path in result:
                 result[path]["compile"] = dict(counts)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,15 @@ def test_epoch_parts_splits_every_epoch_of_a_training_run(tiny):
         assert e["epoch_s"] == pytest.approx(e["train_s"] + e["val_s"] + e["after_val_s"], abs=1e-3)
     assert parts["median_after_first"]["epoch_s"] == pytest.approx(
         statistics.median(e["epoch_s"] for e in parts["epochs"][1:]), abs=1e-4)
+
+
+def test_checkpoint_writes_times_the_loop_with_each_way_of_writing(tmp_path):
+    result = run("checkpoint_writes.py", "--width", "0.0625", "--steps", "3", "--ops", "10", "--epochs", "2",
+                 "--rounds", "2", "--json", str(tmp_path / "w.json"))
+    assert json.loads((tmp_path / "w.json").read_text()) == result
+    assert result["device"] == "cpu" and result["width"] == 0.0625 and result["checkpoint_mb"] > 0
+    assert all(len(times) == 4 for times in result["epoch_times_s"].values())  # 2 epochs x 2 rounds a way
+    median = result["epoch_s_median"]
+    for way in ("lightning", "project"):
+        assert median[way] == pytest.approx(statistics.median(result["epoch_times_s"][way]), abs=1e-4)
+        assert result["writes_add_ms_per_epoch"][way] == pytest.approx((median[way] - median["none"]) * 1e3, abs=0.2)
