@@ -261,7 +261,7 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
         copies that out again: two copies of the whole file made while holding the GIL, during
         which the training loop cannot run Python. Here the tensors' bytes go out in system calls
         that let go of it: on a 2-core CPU, two 53 MB checkpoints an epoch held a loop of small
-        tensor ops back 13-14 ms against 42-43 ms (benchmarks/checkpoint_writes.py). The file is written
+        tensor ops back 13-14 ms against 41-43 ms (benchmarks/checkpoint_writes.py). The file is written
         next to its target and replaces it once complete, so an interrupted or failed write
         leaves the checkpoint before it whole, as Lightning's fsspec transaction does. A remote
         path (`s3://...`) or storage options go through Lightning's save."""
