@@ -50,7 +50,7 @@ class PoisonWeights(L.Callback):
 def run(tmp_path, name, image_tree, *overrides, extra_callbacks=()):
     cfg = compose_train([*SMALL, f"data.source={image_tree}", f"paths.data_dir={tmp_path / 'cache'}", *overrides],
                         tmp_path / name)
-    with open_dict(cfg):  # appended after RunGuard, so the guard acts at the step after theirs
+    with open_dict(cfg):  # the guard still runs after them: it acts at the step theirs acted
         cfg.callbacks.update({f"extra{i}": c for i, c in enumerate(extra_callbacks)})
     return train(cfg), tmp_path / name / "run"
 
@@ -74,7 +74,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, uninterrupted, 
     sigterm = {"_target_": "test_resume.SendSignal", "at_step": stop_after_step}
     summary, run_dir = run(tmp_path, "b", tree, extra_callbacks=[sigterm])
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
-    assert summary["global_steps"] == stop_after_step + 2  # the guard stops at the next step's end
+    assert summary["global_steps"] == stop_after_step + 1  # the guard stops at the end of that step
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["resume"].endswith(f"resume={run_dir}")
     assert signal.getsignal(signal.SIGTERM) is before  # the handler restored after the run
@@ -94,7 +94,7 @@ def test_sigint_is_handled_like_sigterm(tmp_path, uninterrupted):
     sigint = {"_target_": "test_resume.SendSignal", "at_step": 2, "signum": int(signal.SIGINT)}
     summary, run_dir = run(tmp_path, "g", tree, extra_callbacks=[sigint])
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     assert signal.getsignal(signal.SIGINT) is before
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
@@ -153,6 +154,21 @@ class LearningRates(L.Callback):
                     stats[f"{key}-momentum"] = momentum
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=trainer.global_step)
+
+
+class WeightAveraging(EMAWeightAveraging):
+    """Lightning's EMAWeightAveraging, with the average kept where the training steps run.
+
+    Lightning builds the average in `setup`, before the strategy moves the module to its device,
+    so by default it would live in host memory and copy every weight off the GPU after each step.
+    Validation, the final test, the analysis and the checkpoints' `state_dict` (what eval.py reads)
+    then hold the averaged weights; the raw ones travel in the checkpoint for resume.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self._device is None:  # Lightning's constructor argument, read in its setup
+            self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
 
 
 class RNGStates(L.Callback):

@@ -1,8 +1,10 @@
 """The LR range test: Lightning's Tuner runs it, this picks the max LR and draws the curve.
 
-The suggestion is the LR where the (smoothed) loss falls fastest against log10(LR). Lightning's
-own `suggestion()` takes the slope against the LR itself; on the exponentially spaced LRs of a
-range test that favours the low end, so it is recorded beside ours, not used.
+The suggestion is the LR at which the smoothed loss is lowest: past it the LR is too high for the
+net to keep learning. Checked against real max-LR sweeps of two recipes (benchmarks/lr_sweep.py,
+benchmarks/RESULTS.md), it falls inside the band of max LRs within 0.5 points of each sweep's
+best, where the steepest fall of the loss (this project's earlier rule) and Lightning's own
+`suggestion()` (the steepest fall against the LR itself, recorded beside ours) fall below it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
 
 
-def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
-    """The LR of the steepest fall of the loss against log10(LR), ignoring non-finite losses."""
+def lowest_loss(lrs: list[float], losses: list[float], skip_begin: int = 10) -> tuple[float | None, bool]:
+    """(the LR of the lowest smoothed loss, whether the loss rose after it), ignoring the first
+    `skip_begin` steps and non-finite losses; (None, False) when too few steps are left."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    keep = np.arange(len(lrs))[skip_begin: len(lrs) - skip_end]
+    keep = np.arange(len(lrs))[skip_begin:]
     keep = keep[np.isfinite(losses[keep])]
     if len(keep) < 3:
-        return None
-    slopes = np.gradient(losses[keep], np.log10(lrs[keep]))
-    return float(lrs[keep[int(np.argmin(slopes))]])
+        return None, False
+    at = int(np.argmin(losses[keep]))
+    return float(lrs[keep[at]]), at < len(keep) - 1
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float | None:
+    """The max LR to train with: the LR of the lowest smoothed loss."""
+    return lowest_loss(lrs, losses)[0]
 
 
 def smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
@@ -75,11 +83,13 @@ def run_lr_find(cfg: DictConfig, datamodule: L.LightningDataModule, root_dir: st
     raw = [float(loss) for loss in module.range_test_losses[: len(lrs)]]
     module.range_test_losses = []
     losses = smoothed(raw)
+    suggestion, rose = lowest_loss(lrs, losses)
     return {
         "lr": lrs,
         "loss": losses,
-        "suggested_max_lr": steepest_descent(lrs, losses),
-        "method": "steepest descent of the smoothed loss against log10(LR)",
+        "suggested_max_lr": suggestion,
+        "loss_rose_after_it": rose,  # false: the loss still fell at lr_find.max_lr, which may be too low
+        "method": "the lowest smoothed loss",
         "lightning_suggestion": finder.suggestion(),
         "range": [settings.min_lr, settings.max_lr],
         "num_training": settings.num_training,
@@ -102,7 +112,7 @@ def plot_lr_find(result: dict):
         at = int(np.argmin(np.abs(np.asarray(result["lr"]) - suggestion)))
         ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1)
         ax.plot([suggestion], [result["loss"][at]], "o", color="tab:red",
-                label=f"steepest descent: max_lr={suggestion:.3g}")
+                label=f"lowest loss: max_lr={suggestion:.3g}")
     finite = [v for v in result["loss"] if math.isfinite(v)]
     if finite:  # frame the useful part: from the lowest loss to a little above the early plateau
         low, start = min(finite), max(finite[5:15] or finite)

@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.models import TTA_MODES, FlipAveraged
 
 # torch.compile's modes, and `cudagraphs`: its backend of that name (CUDA graphs of the eager
 # kernels, no code generated: on an H100 a 12 s start-up against 34-39 s for inductor's modes,
@@ -111,12 +112,19 @@ class MixedResNetModule(L.LightningModule):
         num_classes: int | None = None,  # unused: accepted so that configs saved by earlier versions still load
         channels_last: bool = True,
         compile: bool | str = False,
+        label_smoothing: float = 0.0,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         compile_mode(compile)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+            raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be a number in [0, 1), e.g. 0.2 (0: off).")
+        if tta not in TTA_MODES:
+            raise ConfigError(f"model.tta={tta!r}: use none, or flip (average each image's logits with its mirror's).")
         # Only plain values go into checkpoints (the partials stay out), so they load with weights_only.
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.label_smoothing, self.flip_tta = float(label_smoothing), tta == "flip"
         self.net = net
         self.example_input_array = torch.zeros(2, 3, 32, 32)
         self.stats = nn.ModuleDict({f"{stage}_stats": EpochStats() for stage in ("train", "val", "test")})
@@ -164,15 +172,28 @@ class MixedResNetModule(L.LightningModule):
         return self.net(self.memory_format(images))
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """What the steps classify with: the compiled net with `model.compile` on, else the plain one."""
-        return (self.compiled_net or self.net)(self.memory_format(images))
+        """What the steps classify with: the compiled net with `model.compile` on, else the plain one;
+        outside training with `model.tta=flip`, averaged with the mirror image's logits."""
+        net = self.compiled_net or self.net
+        images = self.memory_format(images)
+        if self.flip_tta and not self.training:
+            return (net(images) + net(images.flip(-1))) / 2
+        return net(images)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The plain net as validation and test classify with it (`model.tta`), for the analysis."""
+        return FlipAveraged(self.net) if self.flip_tta else self.net
 
     # --- steps --------------------------------------------------------------------------------
 
     def step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self.logits(images)
-        loss = F.cross_entropy(logits, labels)
+        # Label smoothing shapes the training loss only: validation and test report plain
+        # cross-entropy, which compares across recipes.
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         # Kept on the device, nothing here waits for the GPU; read once per epoch (log_epoch).
         self.stats[f"{stage}_stats"].update(logits, labels, loss)
         return loss

@@ -12,6 +12,7 @@ import hydra
 import lightning as L
 import omegaconf
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
@@ -142,6 +143,8 @@ def run_summary(trainer: L.Trainer, datamodule, cfg: DictConfig, status: str, st
         "train_images": len(datamodule.splits["train"][1]) if datamodule.splits else None,
         "test_images": len(datamodule.splits["test"][1]) if datamodule.splits else None,
         "resumed_from": cfg.get("ckpt_path"),
+        "tta": OmegaConf.select(cfg, "model.tta", default="none"),
+        "averaged_weights": any(isinstance(c, WeightAveraging) for c in trainer.callbacks),
         **provenance(cfg),
     }
 

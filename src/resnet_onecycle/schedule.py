@@ -29,7 +29,9 @@ def one_cycle(
 ) -> OneCycleLR:
     """LR goes linearly from max_lr/div_factor to max_lr at the end of `peak_epoch`, then to `end_lr`.
 
-    `end_lr=None` comes back to the starting LR, max_lr/div_factor, as the seed does.
+    `end_lr=None` comes back to the starting LR, max_lr/div_factor, as the seed does; `end_lr=0`
+    ends at zero. cifar10-fast's 0 -> 0.4 -> 0 is `max_lr=0.4, div_factor=1e4, end_lr=0` (a first
+    step at 4e-5 rather than a wasted one at exactly 0).
     With `cycle_momentum=False` the optimizer's own momentum is left alone.
     """
     check_one_cycle(total_steps=total_steps, steps_per_epoch=steps_per_epoch, max_lr=max_lr,
@@ -45,7 +47,7 @@ def one_cycle(
         pct_start=pct_start,
         anneal_strategy=anneal_strategy,
         div_factor=div_factor,
-        final_div_factor=start_lr / end_lr,
+        final_div_factor=start_lr / end_lr if end_lr > 0 else float("inf"),  # OneCycleLR's end: start / this
         cycle_momentum=cycle_momentum,
         base_momentum=base_momentum,
         max_momentum=max_momentum,
@@ -62,9 +64,9 @@ def check_one_cycle(
         raise ConfigError(f"model.scheduler.max_lr={max_lr!r} must be a positive number, e.g. 0.02.")
     if not div_factor > 0:
         raise ConfigError(f"model.scheduler.div_factor={div_factor!r} must be positive (10 starts at max_lr/10).")
-    if end_lr is not None and not 0 < end_lr <= max_lr:
+    if end_lr is not None and not 0 <= end_lr <= max_lr:
         raise ConfigError(
-            f"model.scheduler.end_lr={end_lr!r} must lie in (0, max_lr={max_lr}]; "
+            f"model.scheduler.end_lr={end_lr!r} must lie in [0, max_lr={max_lr}]; "
             "null comes back to the starting LR, max_lr/div_factor."
         )
     epochs = total_steps / steps_per_epoch

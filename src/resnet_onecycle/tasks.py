@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resnet_onecycle.analysis import analyze
-from resnet_onecycle.callbacks import DivergenceError, TrainingInterrupted
+from resnet_onecycle.callbacks import DivergenceError, RunGuard, TrainingInterrupted
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.lr_find import plot_lr_find, run_lr_find
@@ -71,15 +71,18 @@ def lr_range_test(cfg: DictConfig, datamodule, output_dir: Path, loggers=()) -> 
             f"the LR range test stopped after {len(result['lr'])} steps, too few for a suggestion: "
             "raise lr_find.num_training or lr_find.early_stop_threshold (see lr_find.png)."
         )
+    if not result.get("loss_rose_after_it", True):
+        log.warning("LR range test: the loss was still falling at its last step (LR %.3g), so the suggestion may be "
+                    "too low: raise lr_find.max_lr (see lr_find.png).", result["lr"][-1])
     return result
 
 
-def analyze_run(cfg: DictConfig, net, datamodule, output_dir: Path, metrics: dict, device, loggers, step: int,
+def analyze_run(cfg: DictConfig, module, datamodule, output_dir: Path, metrics: dict, device, loggers, step: int,
                 title: str, run_dir: Path) -> dict:
     """The pictures and report into `output_dir`; the curves come from `run_dir`'s training events."""
     images, labels = datamodule.splits["test"]
-    return analyze(net, images, labels, CLASSES, output_dir, cfg.analysis, cfg, metrics, device, loggers, step,
-                   tensorboard_dir=run_dir / "tensorboard", title_text=title)
+    return analyze(module.net, images, labels, CLASSES, output_dir, cfg.analysis, cfg, metrics, device, loggers, step,
+                   tensorboard_dir=run_dir / "tensorboard", title_text=title, classifier=module.classifier)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -106,7 +109,10 @@ def train(cfg: DictConfig) -> dict:
         log.info("LR range test: model.scheduler.max_lr=%.4g", cfg.model.scheduler.max_lr)
         L.seed_everything(cfg.seed, workers=True)  # the same initial weights as a run given this max LR
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers)
+    # The guard last: an interrupted run's checkpoint is saved once every other callback has seen
+    # the step (the weight average included).
+    callbacks = sorted(instantiate_group(cfg.get("callbacks")), key=lambda callback: isinstance(callback, RunGuard))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     lr_find_record = {"lr_find": {"suggested_max_lr": found["suggested_max_lr"], "plot": "lr_find.png"}} if found else {}
 
     compiled_before = compile_counters()
@@ -132,10 +138,12 @@ def train(cfg: DictConfig) -> dict:
 
     fit_metrics = final_metrics(trainer)  # test() replaces the trainer's metrics with its own
     if cfg.get("test"):
-        ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback else None
-        if ckpt is not None:  # rank 0 waited for its background checkpoint writes when fit ended
-            trainer.strategy.barrier("checkpoints written")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+        if cfg.test_ckpt == "best" and trainer.checkpoint_callback:
+            trainer.strategy.barrier("checkpoints written")  # rank 0 waited for its background writes
+            # The file's own weights (with callbacks=ema, the average's): test(ckpt_path=) would let
+            # Lightning's weight-averaging callback put the raw weights back.
+            load_weights(module, trainer.checkpoint_callback.best_model_path, cfg.model.net.width)
+        trainer.test(module, datamodule=datamodule)
     summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **fit_metrics,
                "fit_time_s": round(fit_time, 2), **compile_record, **lr_find_record}
     if trainer.is_global_zero:
@@ -144,7 +152,7 @@ def train(cfg: DictConfig) -> dict:
         if tensorboard is not None:
             write_hparams(tensorboard, {**flat_hparams(cfg), **provenance(cfg)}, metrics)
         if cfg.analysis.enabled and cfg.get("test"):
-            analysis = analyze_run(cfg, module.net, datamodule, output_dir, metrics, trainer.strategy.root_device,
+            analysis = analyze_run(cfg, module, datamodule, output_dir, metrics, trainer.strategy.root_device,
                                    trainer.loggers, trainer.global_step, "Training run report", output_dir)
             summary["per_class_accuracy"] = analysis["per_class_accuracy"]
         summary["wall_time_s"] = round(time.perf_counter() - start, 2)
@@ -214,6 +222,8 @@ def evaluate(cfg: DictConfig) -> dict:
         saved = saved_config(run)
         with open_dict(cfg):
             cfg.model, cfg.data = with_overrides(saved, cfg, *command_line(), keys=("model", "data"))
+            if OmegaConf.select(saved, "callbacks.ema"):  # for the report: the weights are an average
+                cfg.callbacks = {"ema": saved.callbacks.ema}
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -227,9 +237,10 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = {k: float(v) for k, v in results.items()}
     summary = {"status": "completed", **metrics, "ckpt_path": str(ckpt_path), "epochs": checkpoint.get("epoch", -1) + 1,
                "global_steps": checkpoint.get("global_step"), "test_images": len(datamodule.splits["test"][1]),
+               "tta": cfg.model.get("tta", "none"), "averaged_weights": "current_model_state" in checkpoint,
                "data_source": str(cfg.data.source), **provenance(cfg)}
     if trainer.is_global_zero:
-        analysis = analyze_run(cfg, module.net, datamodule, output_dir, metrics, trainer.strategy.root_device,
+        analysis = analyze_run(cfg, module, datamodule, output_dir, metrics, trainer.strategy.root_device,
                                trainer.loggers, checkpoint.get("global_step") or 0, f"Evaluation of {ckpt_path}",
                                run if run is not None else output_dir)
         summary["per_class_accuracy"] = analysis["per_class_accuracy"]

@@ -38,11 +38,14 @@ def save(fig, path: Path, tag: str, loggers, step: int) -> str:
 
 def analyze(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes, out_dir: Path,
             settings: DictConfig, cfg: DictConfig, metrics: dict, device: torch.device,
-            loggers=(), step: int = 0, tensorboard_dir: Path | None = None, title_text: str = "Run report") -> dict:
-    """Write the pictures and report.md for `net` on (images, labels), the test split in uint8."""
+            loggers=(), step: int = 0, tensorboard_dir: Path | None = None, title_text: str = "Run report",
+            classifier: nn.Module | None = None) -> dict:
+    """Write the pictures and report.md for `net` on (images, labels), the test split in uint8.
+    Predictions come from `classifier` (the net with test-time augmentation, if any), Grad-CAM
+    from the plain net: a map explains one forward pass."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictions = predict(net, images, labels, device)
+    predictions = predict(classifier or net, images, labels, device)
     pictures = {}
     if tensorboard_dir is not None and Path(tensorboard_dir).exists():
         scalars = read_scalars(Path(tensorboard_dir))

@@ -25,6 +25,12 @@ def recipe_rows(cfg: DictConfig, parameters: int) -> list[tuple[str, str]]:
         ("LR schedule", f"one-cycle ({sched.get('anneal_strategy')}): {number(start)} -> {number(sched.get('max_lr'))} "
                         f"at the end of epoch {sched.get('peak_epoch')} -> {number(end)}, "
                         f"momentum cycled: {sched.get('cycle_momentum')}"),
+        ("loss", f"cross-entropy on the logits x {number(get('model.net.logit_scale', 1.0))}, "
+                 f"label smoothing {number(get('model.label_smoothing', 0.0))}"),
+        ("test-time augmentation", {"flip": "flip: each image's logits averaged with its mirror's"}.get(
+            get("model.tta", "none"), "none")),
+        ("weights", f"exponential moving average, decay {get('callbacks.ema.decay')}" if get("callbacks.ema")
+         else "as trained (no averaging)"),
         ("batch size / epochs", f"{data.get('batch_size')} / {get('trainer.max_epochs')}"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
         ("precision", str(get("trainer.precision"))),

@@ -1,3 +1,4 @@
 from resnet_onecycle.models.mixed_resnet import BasicBlock, MixedResNet
+from resnet_onecycle.models.tta import TTA_MODES, FlipAveraged
 
-__all__ = ["BasicBlock", "MixedResNet"]
+__all__ = ["BasicBlock", "FlipAveraged", "MixedResNet", "TTA_MODES"]

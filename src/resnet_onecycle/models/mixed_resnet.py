@@ -8,7 +8,8 @@ At width 1.0 it matches the seed's torchsummary table layer for layer (6,573,130
     layer3  conv 256->512, max-pool, BN, ReLU, residual pair        4x4
     head    global max-pool (functional: the table lists no module for it), linear 512->10
 
-The global pool is a max-pool, as in cifar10-fast's version of this network.
+The global pool is a max-pool, as in cifar10-fast's version of this network. `logit_scale`
+multiplies the logits (cifar10-fast uses 0.125): no parameters, and 1.0 leaves the net as it was.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ class BasicBlock(nn.Module):
 class MixedResNet(nn.Module):
     """`width` scales every layer's channels (64, 128, 256, 512 at 1.0) for small, fast runs."""
 
-    def __init__(self, width: float = 1.0, num_classes: int = 10) -> None:
+    def __init__(self, width: float = 1.0, num_classes: int = 10, logit_scale: float = 1.0) -> None:
         super().__init__()
         if not width > 0:
             raise ConfigError(f"model.net.width={width!r} must be a positive number (1.0 is the seed's network).")
+        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not logit_scale > 0:
+            raise ConfigError(f"model.net.logit_scale={logit_scale!r} must be a positive number (1.0: off; "
+                              "cifar10-fast uses 0.125).")
+        self.logit_scale = float(logit_scale)
         c = [max(1, round(n * width)) for n in (64, 128, 256, 512)]
         self.prep = nn.Sequential(*conv_bn_relu(3, c[0]))
         self.layer1 = BasicBlock(c[0], c[1], residual=True)
@@ -60,5 +65,5 @@ class MixedResNet(nn.Module):
         return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.adaptive_max_pool2d(self.features(x), 1).flatten(1)
-        return self.fc(x)
+        logits = self.fc(F.adaptive_max_pool2d(self.features(x), 1).flatten(1))
+        return logits if self.logit_scale == 1.0 else logits * self.logit_scale

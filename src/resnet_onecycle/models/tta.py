@@ -1,0 +1,20 @@
+"""Test-time augmentation: the logits of each image and its mirror image, averaged."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TTA_MODES = ("none", "flip")
+
+
+class FlipAveraged(nn.Module):
+    """`net`'s logits averaged over each image and its left-right mirror. It holds no weights of
+    its own, so it evaluates whatever `net` holds at the time (raw or averaged)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.net(images) + self.net(images.flip(-1))) / 2
