@@ -19,7 +19,7 @@ over, every other round in reverse order (project, plain; plain, project; ...), 
 steady epochs, so that a shared machine's slow drifts weigh on all paths alike. Prints one JSON
 object.
 
-    python benchmarks/throughput.py experiment=cpu_quick data.source=../shared/data/cifar10-jpeg.tar.gz
+    python benchmarks/throughput.py experiment=cpu_quick data.source=/path/to/cifar10-jpeg.tar.gz
     python benchmarks/throughput.py --epochs 6 experiment=seed trainer=gpu data.source=...
     python benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 experiment=seed trainer=cpu \
         data.batch_size=2 data.subset=2048 model.channels_last=false data.source=...
@@ -106,15 +106,17 @@ def project(cfg, epochs: int, extra_callbacks=(), bare: bool = False) -> tuple[l
 
 
 def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
-          phase=lambda name: nullcontext()) -> list[float]:
+          phase=lambda name: nullcontext(), net: torch.nn.Module | None = None,
+          after_epoch=lambda epoch: None) -> list[float]:
     """The same work by hand: nothing but tensors, the net, SGD and OneCycleLR. `phase(name)` wraps
-    each part of a step (host_syncs.py names them for the profiler)."""
+    each part of a step (host_syncs.py names them for the profiler); `net` is trained in place
+    when given (accuracy.py tests it afterwards); `after_epoch` runs outside the epoch's time."""
     torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark"))
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     images, labels = (t.to(device) for t in datamodule.splits["train"])
     batches = Batches(images, labels, cfg.data.batch_size, shuffle=True, seed=cfg.seed)
-    net = instantiate(cfg.model.net).to(device)
+    net = (net if net is not None else instantiate(cfg.model.net)).to(device)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     if cfg.model.compile:  # from a clean compiler state, as the project's module compiles (its setup)
@@ -127,16 +129,16 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
     # on the autocast state pass in both paths
     bf16 = precision.startswith("bf16")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
-    d = cfg.data
+    d, smoothing = cfg.data, cfg.model.get("label_smoothing", 0.0)
     times, step = [], 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         sync(device)
         start = time.perf_counter()
         for x, y in batches:
             with phase("augment"):
                 x = augment(x, d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
             with phase("forward"), autocast:
-                loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y)
+                loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y, label_smoothing=smoothing)
             with phase("backward"):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -147,6 +149,7 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
             step += 1
         sync(device)
         times.append(time.perf_counter() - start)
+        after_epoch(epoch)
     return times
 
 

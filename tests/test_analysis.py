@@ -17,7 +17,7 @@ from resnet_onecycle.analysis.gradcam import gradcam_maps
 from resnet_onecycle.analysis.predictions import predict
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.lr_find import lowest_loss, range_test_module, run_lr_find, suggest
+from resnet_onecycle.lr_find import range_test_module, run_lr_find, suggest
 from resnet_onecycle.models import MixedResNet
 
 
@@ -26,18 +26,24 @@ def script(name, *overrides, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_the_suggestion_is_the_lr_of_the_lowest_loss():
+def test_a_diverging_range_test_suggests_its_lowest_loss():
     lrs = np.logspace(-4, 1, 101)
-    # a valley in log10(LR) with its bottom at 0.03, and a rise past it
-    losses = 2.3 - 0.5 * np.exp(-((np.log10(lrs) - np.log10(0.03)) ** 2))
+    # a valley in log10(LR) with its bottom at 0.03, then divergence
+    losses = 2.3 - 0.5 * np.exp(-((np.log10(lrs) - np.log10(0.03)) ** 2)) + np.where(lrs > 0.03, 5 * (lrs - 0.03), 0)
     losses[5] = 0.1  # the first steps are skipped: too early to mean anything
-    assert suggest(lrs, losses) == pytest.approx(0.03, rel=0.07)
-    assert lowest_loss(lrs, losses) == (suggest(lrs, losses), True)
-    losses[80:] = np.nan  # diverged points are ignored
-    assert suggest(lrs, losses) == pytest.approx(0.03, rel=0.07)
-    falling = 2.3 - np.log10(lrs) * 0.1  # still falling at the end of the range: said so
-    assert lowest_loss(lrs, falling) == (pytest.approx(10.0), False)
-    assert suggest(lrs[:12], losses[:12]) is None
+    suggestion, method = suggest(lrs, losses)
+    assert suggestion == pytest.approx(0.03, rel=0.07) and "lowest" in method
+    losses[85:] = np.nan  # diverged points are ignored
+    assert suggest(lrs, losses)[0] == pytest.approx(0.03, rel=0.07)
+    assert suggest(lrs[:12], losses[:12]) == (None, "too few steps")
+
+
+def test_a_range_test_that_never_diverges_suggests_its_steepest_fall():
+    lrs = np.logspace(-4, 1, 101)
+    # falling fastest per decade around 0.2, still falling (slowly) at the top of the range
+    losses = 2.3 - 0.3 / (1 + np.exp(-(np.log10(lrs) - np.log10(0.2)) * 4)) - 0.01 * np.log10(lrs)
+    suggestion, method = suggest(lrs, losses)
+    assert suggestion == pytest.approx(0.2, rel=0.15) and "steepest" in method
 
 
 def test_smoothing_is_bias_corrected_from_the_first_step():
@@ -58,7 +64,7 @@ def test_range_test_suggests_a_max_lr_in_range_and_restores_the_weights(tmp_path
     result = run_lr_find(cfg, instantiate(cfg.data), str(tmp_path), module=module)
     assert len(result["lr"]) == len(result["loss"]) >= 20
     assert cfg.lr_find.min_lr <= result["suggested_max_lr"] <= cfg.lr_find.max_lr
-    assert result["suggested_max_lr"] == suggest(result["lr"], result["loss"])
+    assert (result["suggested_max_lr"], result["method"]) == suggest(result["lr"], result["loss"])
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not list(tmp_path.glob(".lr_find*.ckpt"))  # Lightning's temporary checkpoint is gone

@@ -4,6 +4,7 @@ They are what a lent GPU's few minutes are spent on, so a broken one must show h
 """
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -110,3 +111,43 @@ def test_checkpoint_writes_times_the_loop_with_each_way_of_writing(tmp_path):
     for way in ("lightning", "project"):
         assert median[way] == pytest.approx(statistics.median(result["epoch_times_s"][way]), abs=1e-4)
         assert result["writes_add_ms_per_epoch"][way] == pytest.approx((median[way] - median["none"]) * 1e3, abs=0.2)
+
+
+def test_accuracy_trains_the_recipe_through_the_project_and_a_plain_loop(tiny):
+    tmp, overrides = tiny
+    result = run("accuracy.py", "--seeds", "0,1", "--json", str(tmp / "a.json"), *overrides, "callbacks=ema",
+                 "model.tta=flip", "model.label_smoothing=0.1")
+    assert json.loads((tmp / "a.json").read_text()) == result
+    assert result["epochs"] == 2 and result["width"] == 0.0625 and result["test_images"] == 40
+    for path in ("project", "plain"):
+        runs = result[path]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all(0 <= r["test_acc"] <= 1 and r["fit_time_s"] > 0 for r in runs)
+        assert result[path]["test_acc_mean"] == pytest.approx(statistics.mean(r["test_acc"] for r in runs), abs=1e-4)
+        assert result[path]["test_acc_std"] == pytest.approx(statistics.stdev(r["test_acc"] for r in runs), abs=1e-4)
+    assert all(len(r["val_acc_per_epoch"]) == 2 for r in result["plain"]["runs"])  # validated every epoch
+    assert result["accuracy_project_minus_plain"] == pytest.approx(
+        result["project"]["test_acc_mean"] - result["plain"]["test_acc_mean"], abs=1e-4)
+
+
+def test_lr_sweep_sets_the_range_tests_suggestion_against_the_sweeps_band(tmp_path):
+    def job(sweep, num, max_lr, acc):
+        folder = sweep / str(num)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model.scheduler.max_lr={max_lr}\n")
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed", "val/acc": acc}))
+
+    for seed, accs in enumerate(([0.50, 0.60, 0.60, 0.40], [0.52, 0.61, 0.606, 0.42])):
+        for num, (max_lr, acc) in enumerate(zip((0.01, 0.02, 0.05, 0.1), accs)):
+            job(tmp_path / f"sweep{seed}", num, max_lr, acc)
+    lrs = [1e-4 * 10 ** (i / 20) for i in range(100)]  # the lowest loss at 0.0316, then divergence
+    losses = [2.3 - 0.5 * math.exp(-((math.log10(lr) + 1.5) ** 2)) + (5 * lr if lr > 0.0316 else 0) for lr in lrs]
+    (tmp_path / "lr_find.json").write_text(json.dumps({"lr": lrs, "loss": losses}))
+    result = run("lr_sweep.py", "--plot", str(tmp_path / "p.png"),
+                 f"seed={tmp_path / 'sweep0'},{tmp_path / 'sweep1'}:{tmp_path / 'lr_find.json'}")["seed"]
+    assert result["val_acc_by_max_lr"] == {"0.01": 0.51, "0.02": 0.605, "0.05": 0.603, "0.1": 0.41}
+    assert result["runs_per_max_lr"] == {"0.01": 2, "0.02": 2, "0.05": 2, "0.1": 2}
+    # 0.02 and 0.05 lie within 0.5 points of the best; the band reaches halfway (geometrically) to 0.01 and 0.1
+    assert result["band"] == [pytest.approx(math.sqrt(0.01 * 0.02), abs=1e-4), pytest.approx(math.sqrt(0.05 * 0.1), abs=1e-4)]
+    assert result["suggestion"] == pytest.approx(0.03, rel=0.1) and result["inside"] is True
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -1,10 +1,13 @@
 """The LR range test: Lightning's Tuner runs it, this picks the max LR and draws the curve.
 
-The suggestion is the LR at which the smoothed loss is lowest: past it the LR is too high for the
-net to keep learning. Checked against real max-LR sweeps of two recipes (benchmarks/lr_sweep.py,
-benchmarks/RESULTS.md), it falls inside the band of max LRs within 0.5 points of each sweep's
-best, where the steepest fall of the loss (this project's earlier rule) and Lightning's own
-`suggestion()` (the steepest fall against the LR itself, recorded beside ours) fall below it.
+The suggestion follows the curve's shape. Where the smoothed loss climbs well past its lowest
+point within the range, training diverges there, and that lowest point is the max LR. Where it is
+still falling at the top of the range (small logits, `model.net.logit_scale=0.125`, fall slowly
+and never diverge in 100 steps), the suggestion is where it falls fastest against log10(LR),
+measured over a window of steps. Both cases land inside the band of max LRs within 0.5 points of
+the best in real max-LR sweeps (benchmarks/lr_sweep.py, benchmarks/RESULTS.md), where the lowest
+point alone misses the second and the steepest fall alone (this project's earlier rule, and
+Lightning's `suggestion()`, recorded beside ours) misses the first.
 """
 
 from __future__ import annotations
@@ -18,22 +21,28 @@ import numpy as np
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
 
+SKIP_BEGIN = 10  # the first steps say more about the random start than about the LR
+WINDOW = 10      # steps each side of a point for the slope: one step's slope is mostly noise
+DIVERGED = 1.1   # the loss climbed past 1.1x its lowest value after it: the range test diverged
 
-def lowest_loss(lrs: list[float], losses: list[float], skip_begin: int = 10) -> tuple[float | None, bool]:
-    """(the LR of the lowest smoothed loss, whether the loss rose after it), ignoring the first
-    `skip_begin` steps and non-finite losses; (None, False) when too few steps are left."""
+
+def suggest(lrs: list[float], losses: list[float]) -> tuple[float | None, str]:
+    """(the max LR to train with, how it was picked) from a range test's smoothed losses;
+    (None, reason) when the curve is too short to say."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    keep = np.arange(len(lrs))[skip_begin:]
+    keep = np.arange(len(lrs))[SKIP_BEGIN:]
     keep = keep[np.isfinite(losses[keep])]
     if len(keep) < 3:
-        return None, False
+        return None, "too few steps"
     at = int(np.argmin(losses[keep]))
-    return float(lrs[keep[at]]), at < len(keep) - 1
-
-
-def suggest(lrs: list[float], losses: list[float]) -> float | None:
-    """The max LR to train with: the LR of the lowest smoothed loss."""
-    return lowest_loss(lrs, losses)[0]
+    after = losses[keep[at:]]
+    if after.max() >= DIVERGED * after[0]:
+        return float(lrs[keep[at]]), "the lowest loss before it diverged"
+    x, y = np.log10(lrs[keep[: at + 1]]), losses[keep[: at + 1]]
+    if len(x) <= 2 * WINDOW:
+        return float(lrs[keep[at]]), "the lowest loss (too few steps before it for a slope)"
+    slopes = (y[2 * WINDOW:] - y[: -2 * WINDOW]) / (x[2 * WINDOW:] - x[: -2 * WINDOW])
+    return float(lrs[keep[WINDOW + int(np.argmin(slopes))]]), "the steepest fall (the loss did not diverge in range)"
 
 
 def smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
@@ -83,13 +92,13 @@ def run_lr_find(cfg: DictConfig, datamodule: L.LightningDataModule, root_dir: st
     raw = [float(loss) for loss in module.range_test_losses[: len(lrs)]]
     module.range_test_losses = []
     losses = smoothed(raw)
-    suggestion, rose = lowest_loss(lrs, losses)
+    suggestion, method = suggest(lrs, losses)
     return {
         "lr": lrs,
         "loss": losses,
+        "raw_loss": raw,  # each step's own loss, for other smoothings or rules
         "suggested_max_lr": suggestion,
-        "loss_rose_after_it": rose,  # false: the loss still fell at lr_find.max_lr, which may be too low
-        "method": "the lowest smoothed loss",
+        "method": method,
         "lightning_suggestion": finder.suggestion(),
         "range": [settings.min_lr, settings.max_lr],
         "num_training": settings.num_training,
@@ -112,7 +121,7 @@ def plot_lr_find(result: dict):
         at = int(np.argmin(np.abs(np.asarray(result["lr"]) - suggestion)))
         ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1)
         ax.plot([suggestion], [result["loss"][at]], "o", color="tab:red",
-                label=f"lowest loss: max_lr={suggestion:.3g}")
+                label=f"{result['method']}: max_lr={suggestion:.3g}")
     finite = [v for v in result["loss"] if math.isfinite(v)]
     if finite:  # frame the useful part: from the lowest loss to a little above the early plateau
         low, start = min(finite), max(finite[5:15] or finite)

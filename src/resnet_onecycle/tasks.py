@@ -71,9 +71,6 @@ def lr_range_test(cfg: DictConfig, datamodule, output_dir: Path, loggers=()) -> 
             f"the LR range test stopped after {len(result['lr'])} steps, too few for a suggestion: "
             "raise lr_find.num_training or lr_find.early_stop_threshold (see lr_find.png)."
         )
-    if not result.get("loss_rose_after_it", True):
-        log.warning("LR range test: the loss was still falling at its last step (LR %.3g), so the suggestion may be "
-                    "too low: raise lr_find.max_lr (see lr_find.png).", result["lr"][-1])
     return result
 
 

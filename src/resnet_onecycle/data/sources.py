@@ -31,8 +31,9 @@ LAYOUTS = (
     "Accepted: data.source=download (the official CIFAR-10, needs the network once); "
     "a folder or .tar.gz holding the official python batches (cifar-10-batches-py/data_batch_1..5, test_batch); "
     "or a folder or .tar.gz laid out train|test/<class>/*.png|jpg with the ten CIFAR-10 class folders "
-    "(airplane ... truck). Offline, use a local copy such as the JPEG copy: "
-    "data.source=../shared/data/cifar10-jpeg.tar.gz"
+    "(airplane ... truck). The official archive is cifar-10-python.tar.gz from "
+    "https://www.cs.toronto.edu/~kriz/cifar.html; offline, copy it (or an image copy) to this machine "
+    "and name it, e.g. data.source=$HOME/datasets/cifar-10-python.tar.gz"
 )
 
 
