@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from resnet_onecycle.cli import run
+from resnet_onecycle.cli import check_command_line, run
 from resnet_onecycle.tasks import find_lr
 
 
@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_command_line("find_lr")
     main()

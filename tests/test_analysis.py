@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, class_images, compose_train, write_image_tree
@@ -165,11 +166,11 @@ def trained_run(tmp_path_factory):
                     f"paths.data_dir={tmp / 'cache'}", "model.scheduler.max_lr=auto")
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp / "logs" / "train" / "runs").iterdir()
-    return tmp, tree, run_dir
+    return tmp, tree, run_dir, result.stdout + result.stderr
 
 
 def test_training_run_writes_lr_find_pictures_and_report(trained_run):
-    _, _, run_dir = trained_run
+    _, _, run_dir, _console = trained_run
     for name in ("lr_find.png", "curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png", "report.md"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -182,7 +183,7 @@ def test_training_run_writes_lr_find_pictures_and_report(trained_run):
 
 
 def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
-    tmp, _, run_dir = trained_run
+    tmp, _, run_dir, _console = trained_run
     result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}",
                     f"paths.data_dir={tmp / 'cache'}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -193,17 +194,29 @@ def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
     assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
     for name in ("curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png", "report.md"):
         assert (eval_dir / name).is_file(), name
+    # the recipe the checkpoint was trained with (debug=fast: 2 epochs), not eval.yaml's defaults
+    assert "| batch size / epochs | 64 / 2 |" in (eval_dir / "report.md").read_text()
+    saved = OmegaConf.load(eval_dir / ".hydra" / "config.yaml")
+    assert saved.trainer.max_epochs == 2 and saved.data.batch_size == 64 and saved.model.net.width == 0.125
+
+
+def test_a_training_runs_console_holds_no_third_party_noise(trained_run):
+    *_, console = trained_run
+    for noise in ("💡 Tip", "litlogger", "LeafSpec", "torch.jit", "FutureWarning", "DeprecationWarning"):
+        assert noise not in console, noise
+    assert "test/acc" in console  # the project's own result line is there
 
 
 def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
-    tmp, _, run_dir = trained_run
+    tmp, _, run_dir, _console = trained_run
     no_ckpt = script("eval.py", f"paths.log_dir={tmp_path}")
     assert no_ckpt.returncode == 2 and "give ckpt_path=<run>/checkpoints/last.ckpt" in no_ckpt.stderr
     missing = script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.log_dir={tmp_path}")
     assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr
     other = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.net.width=0.25",
                    f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'cache'}")
-    assert other.returncode == 2 and "holds another model than this config's (model.net.width=0.25)" in other.stderr
+    assert other.returncode == 2 and "holds a MixedResNet of width 0.125" in other.stderr
+    assert "this config builds width 0.25: give model.net.width=0.125" in other.stderr and "Traceback" not in other.stderr
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     bad = script("eval.py", f"ckpt_path={junk}", f"paths.log_dir={tmp_path}")
@@ -211,7 +224,7 @@ def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
 
 
 def test_find_lr_script_prints_the_override(trained_run, tmp_path):
-    _, tree, _ = trained_run
+    _, tree, _, _console = trained_run
     result = script("find_lr.py", "debug=fast", f"data.source={tree}", f"paths.log_dir={tmp_path}",
                     f"paths.data_dir={tmp_path / 'cache'}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -128,7 +128,7 @@ def test_steps_run_the_compiled_net_and_the_summary_and_graph_the_plain_one(monk
     tree = write_image_tree(tmp_path / "data", n_train=5, n_test=3)  # 50 training images, 30 test
     cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}", "data.subset=null",
                          "data.test_subset=null", "data.batch_size=16", "trainer.max_epochs=1", "model.scheduler.peak_epoch=0.5",
-                         "model.compile=true"],
+                         "model.compile=true", "logger.tensorboard.log_graph=true"],
                         tmp_path)
     assert cfg.logger.tensorboard.log_graph  # the graph is traced from the example input
     trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.logger), enable_checkpointing=False)

@@ -47,7 +47,7 @@ def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, 
     assert result.returncode == 1
     assert "jobs [1] did not complete" in result.stderr
     rows = summary_rows(sweep_dir)
-    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
+    assert [r["status"] for r in rows] == ["completed", "refused", "completed"]  # a bad value: refused
     assert "model.scheduler.max_lr=-1 must be a number greater than 0" in rows[1]["error"]
     assert rows[0]["test_acc"] and rows[2]["test_acc"] and not rows[1]["test_acc"]
     assert "Jobs that did not complete" in (sweep_dir / "summary.md").read_text()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from resnet_onecycle.errors import UserError
+from resnet_onecycle.errors import ConfigError, UserError
 
 
 def in_sweep() -> bool:
@@ -20,38 +23,229 @@ def in_sweep() -> bool:
 
 
 def record_failure(output_dir: Path, error: BaseException) -> None:
-    """metrics.json says the job failed and why, unless the task already wrote its own verdict."""
+    """metrics.json says the run was refused (bad input) or failed, and why, unless the dir already
+    holds a verdict (the task's own, or that of the run a resume continues), which stays as it is.
+    The message also goes to the run's log file (`train.log`)."""
+    refused = isinstance(error, UserError)
+    detail = str(error) if refused else traceback.format_exc()
+    log_to_file(logging.ERROR, detail)
     metrics = output_dir / "metrics.json"
-    if metrics.exists() and json.loads(metrics.read_text()).get("status") != "completed":
+    if metrics.exists() or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    detail = str(error) if isinstance(error, UserError) else traceback.format_exc()
-    metrics.write_text(json.dumps({"status": "failed", "error": detail}, indent=2) + "\n")
+    metrics.write_text(json.dumps({"status": "refused" if refused else "failed", "error": detail}, indent=2) + "\n")
+
+
+def log_to_file(level: int, message: str) -> None:
+    """Into the run's log file (Hydra's file handler: `<run dir>/<task>.log`) only: the console
+    has the message already, in the project's words."""
+    record = logging.LogRecord("resnet_onecycle", level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+class DropTips(logging.Filter):
+    """Lightning's advertising tips ("💡 Tip: ... litlogger"): nothing a user of this project acts on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_console() -> None:
+    """Keep the console to the project's progress and results: no third-party tips, and none of the
+    deprecation warnings that Lightning's own calls into torch raise on every run."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropTips) for f in logger.filters):
+            logger.addFilter(DropTips())
+    # Lightning 2.6 asks torch's pytree for `LeafSpec`, which torch >= 2.10 deprecates
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+
+
+# Hydra's flags this check understands, and whether each takes a value; with any other flag
+# (--help, --info, --config-dir, ...) Hydra has the command line to itself.
+FLAGS = {"-m": False, "--multirun": False, "--resolve": False, "-c": True, "--cfg": True, "-p": True, "--package": True}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def command_line_error(config_name: str, args: list[str]) -> str | None:
+    """What is wrong with these command-line overrides, in the project's words, or None.
+
+    Composes the config with Hydra's compose API, as the script is about to: unknown keys (with
+    the nearest real key), unknown config group options (with the options there are), unparsable
+    overrides, and `+key=` additions that the component under them does not accept. A sweep's
+    overrides are checked with their first value.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides, rest = [], iter(args)
+    for arg in rest:
+        if arg.startswith("-"):
+            if arg not in FLAGS:
+                return None
+            if FLAGS[arg]:
+                next(rest, None)
+            continue
+        overrides.append(arg)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        return f"{str(error).splitlines()[0]}: write key=value, e.g. model.scheduler.max_lr=0.05."
+    single = []
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                first = next(iter(override.sweep_string_iterator()))
+            except (HydraException, StopIteration, TypeError):
+                continue  # interval() and other sweeps a sweeper draws from: Hydra checks those
+            single.append(f"{override.get_key_element()}={first}")
+        else:
+            single.append(override.input_line)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        try:
+            cfg = compose(config_name, overrides=single, return_hydra_config=True)
+        except HydraException:
+            return explain_failure(config_name, single)
+        for override in single:
+            if override.startswith("+"):
+                problem = unaccepted_addition(cfg, override.split("=", 1)[0].lstrip("+"))
+                if problem:
+                    return problem
+    GlobalHydra.instance().clear()
+    return None
+
+
+def explain_failure(config_name: str, overrides: list[str]) -> str:
+    """Which override makes composition fail, and the fix: the first one that does."""
+    import difflib
+
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+
+    good: list[str] = []
+    for override in overrides:
+        try:
+            compose(config_name, overrides=[*good, override], return_hydra_config=True)
+            good.append(override)
+            continue
+        except MissingConfigException:
+            group, option = override.lstrip("+~").split("=", 1)
+            options = GlobalHydra.instance().config_loader().get_group_options(group)
+            if not options:
+                return f"{override}: {group} is not a config group of {config_name}.yaml."
+            return f"{override}: no such option in {group}; choose one of: {', '.join(options)}."
+        except HydraException as error:
+            key = override.lstrip("+~").split("=", 1)[0]
+            cfg = compose(config_name, overrides=good, return_hydra_config=True)
+            keys = config_keys(cfg)
+            if key not in keys and not override.startswith(("+", "~")):
+                near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]}?" if near else f"python src/{config_name}.py --cfg job lists the keys."
+                return f"{override}: {key} is not a config key; {hint}"
+            return f"{override}: {str(error).splitlines()[0]}"
+    return "the command line does not compose into a config; HYDRA_FULL_ERROR=1 shows why."
+
+
+def config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            keys += config_keys(node, f"{path}.")
+    return keys
+
+
+def unaccepted_addition(cfg: DictConfig, key: str) -> str | None:
+    """For `+key=...` under a component (`_target_`): the error when the component takes no such argument."""
+    import difflib
+    import inspect
+
+    from hydra.utils import get_object
+
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        node = OmegaConf.select(cfg, ".".join(parts[:depth]))
+        if not (isinstance(node, DictConfig) and "_target_" in node):
+            continue
+        argument = parts[depth]
+        if argument.startswith("_"):
+            return None
+        try:
+            parameters = inspect.signature(get_object(node._target_)).parameters
+        except (ImportError, ValueError, TypeError, AttributeError):
+            return None
+        if argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return None
+        names = [n for n in parameters if n not in ("self", "args", "kwargs")]
+        near = difflib.get_close_matches(argument, names, n=1, cutoff=0.6)
+        return (f"+{key}: {node._target_} takes no argument {argument!r}"
+                + (f"; did you mean {'.'.join(parts[:depth])}.{near[0]}?" if near else f"; it takes: {', '.join(names)}."))
+    return None
+
+
+def check_command_line(config_name: str) -> None:
+    """Before Hydra runs the script: a command-line mistake is one `error:` line and exit code 2
+    (HYDRA_FULL_ERROR=1 leaves every error to Hydra, with its full trace)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    problem = command_line_error(config_name, sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def as_user_error(error: BaseException) -> BaseException:
+    """The user's mistake inside an exception raised for it: a UserError that Hydra's instantiate
+    wrapped ("Error in call to target ..."), or Lightning's refusal of a GPU trainer without a GPU."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    cause = error.__cause__ if isinstance(error, InstantiationException) else error
+    if isinstance(cause, UserError):
+        return cause
+    if isinstance(cause, MisconfigurationException) and "gpu" in str(cause).lower():
+        return ConfigError(f"trainer.accelerator=gpu (trainer=gpu or trainer=ddp) needs a CUDA GPU, and none is visible "
+                           f"({cause}): use trainer=default, which takes what the machine has, or trainer=cpu.")
+    return error
 
 
 def run(task: Callable[[DictConfig], dict], cfg: DictConfig, result_key: str | None = "test/acc") -> float | None:
     """Run `task(cfg)` for a script and return the sweep's objective (`result_key` of its summary).
 
     Bad input prints one line and exits with 2; an interrupted run prints how to resume and exits
-    with 130 (SIGINT) or 143 (SIGTERM). In a sweep, a job that fails for any reason is marked
-    failed in its metrics.json and returns NaN, so the other jobs still run and count.
+    with 130 (SIGINT) or 143 (SIGTERM). A run refused or failing for any reason says so in its
+    metrics.json (`refused` or `failed`, with the error) and its log file; in a sweep it returns
+    NaN, so the other jobs still run and count.
     """
+    quiet_console()
     try:
         summary = task(cfg)
-    except Exception as error:  # noqa: BLE001 - sorted out below
+    except Exception as raised:  # noqa: BLE001 - sorted out below
+        error = as_user_error(raised)
+        record_failure(Path(cfg.paths.output_dir), error)
         if in_sweep():
-            record_failure(Path(cfg.paths.output_dir), error)
-            print(f"error: job {HydraConfig.get().job.num} failed: {error}", file=sys.stderr)
+            print(f"\nerror: job {HydraConfig.get().job.num} failed: {error}", file=sys.stderr)
             return float("nan")
-        if isinstance(error, UserError):  # the message says it all; a traceback would bury it
-            print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, UserError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            # the message says it all; a traceback would bury it
+            print(f"\nerror: {error}", file=sys.stderr)  # on its own line, whatever a progress bar left
             sys.exit(2)
-        raise
+        raise raised
     if summary.get("status") == "interrupted":
         # One write: under DDP every process prints this into the same stderr at the same moment.
-        sys.stderr.write(f"Interrupted by {summary['signal']} at epoch {summary['epochs']}, step "
-                         f"{summary['global_steps']}; saved {summary['checkpoint']}.\nResume with: {summary['resume']}\n")
+        message = (f"Interrupted by {summary['signal']} at epoch {summary['epochs']}, step {summary['global_steps']}; "
+                   f"saved {summary['checkpoint']}.\nResume with: {summary['resume']}")
+        sys.stderr.write(f"\n{message}\n")
         sys.stderr.flush()
+        log_to_file(logging.WARNING, message)
         if not in_sweep():
             sys.exit(130 if summary["signal"] == "SIGINT" else 143)
     return summary.get(result_key) if result_key else None

@@ -197,6 +197,13 @@ def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
+        prep = state.get("net.prep.0.weight")  # the first conv: 64 x width output channels
+        if prep is not None and prep.ndim == 4:
+            theirs = prep.shape[0] / 64
+            raise ConfigError(
+                f"ckpt_path={ckpt_path!r} holds a MixedResNet of width {theirs:g} ({prep.shape[0]} channels in its first "
+                f"layer), and this config builds width {width}: give model.net.width={theirs:g}."
+            ) from error
         first = str(error).strip().splitlines()[:3]
         raise ConfigError(
             f"ckpt_path={ckpt_path!r} holds another model than this config's (model.net.width={width}): "
@@ -221,8 +228,12 @@ def evaluate(cfg: DictConfig) -> dict:
             cfg.model, cfg.data = with_overrides(saved, cfg, *command_line(), keys=("model", "data"))
             if OmegaConf.select(saved, "callbacks.ema"):  # for the report: the weights are an average
                 cfg.callbacks = {"ema": saved.callbacks.ema}
+            # the recipe the checkpoint was trained with, for report.md and the saved config
+            cfg.trainer.max_epochs, cfg.seed = saved.trainer.max_epochs, saved.seed
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if run is not None and (output_dir / ".hydra").is_dir():  # Hydra saved the config composed for eval.py
+        OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)

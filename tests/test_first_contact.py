@@ -1,0 +1,82 @@
+"""A command-line mistake ends in one `error:` paragraph with exit code 2, naming the key and the fix."""
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def train(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "src/train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def refused(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Error in call to target" not in result.stderr
+    assert result.stderr.strip().startswith("error:") or "\nerror: " in result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.scheduler.max_lrr=0.05"], ["model.scheduler.max_lrr is not a config key", "did you mean model.scheduler.max_lr?"]),
+    (["-m", "model.scheduler.max_lr=0.01,0.02", "data.batchsize=3"], ["did you mean data.batch_size?"]),
+    (["+model.scheduler.max_lrr=0.05"], ["takes no argument 'max_lrr'", "did you mean model.scheduler.max_lr?"]),
+    (["trainer=gpux"], ["trainer=gpux: no such option in trainer", "cpu, ddp, default, gpu"]),
+    (["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_best, seed"]),
+    (["data.batch_size"], ["write key=value"]),
+])
+def test_command_line_mistakes_are_one_error_line_before_anything_runs(tmp_path, overrides, words):
+    result = train(*overrides, f"paths.log_dir={tmp_path}")
+    refused(result, *words)
+    assert not any(tmp_path.iterdir())  # refused before Hydra made a run dir
+
+
+def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path, image_tree):
+    result = train("debug=fast", "model.compile=fast", f"data.source={image_tree}", f"paths.log_dir={tmp_path}",
+                   f"paths.data_dir={tmp_path / 'cache'}")
+    refused(result, "model.compile='fast'", "reduce-overhead")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu works here")
+def test_a_gpu_trainer_without_a_gpu_names_the_fix(tmp_path, image_tree):
+    result = train("trainer=gpu", f"data.source={image_tree}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'c'}")
+    refused(result, "needs a CUDA GPU", "trainer=default")
+
+
+def test_hydra_full_error_still_shows_the_whole_trace(tmp_path):
+    result = train("model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr and "max_lrr" in result.stderr
+
+
+class Crash(L.Callback):
+    """A crash that no check foresees, at the first training step."""
+
+    def on_train_batch_start(self, *args) -> None:
+        raise RuntimeError("the disk went away")
+
+
+def test_runs_that_are_refused_or_crash_say_so_in_metrics_and_the_log(tmp_path, image_tree):
+    common = ["debug=fast", "data.subset=null", "data.test_subset=null", "data.batch_size=8", f"data.source={image_tree}",
+              f"paths.data_dir={tmp_path / 'cache'}"]
+    result = train(*common, "model.compile=fast", f"paths.log_dir={tmp_path / 'a'}")
+    assert result.returncode == 2
+    (run_dir,) = (tmp_path / "a" / "train" / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "refused" and "model.compile='fast'" in metrics["error"]
+    assert "model.compile='fast'" in (run_dir / "train.log").read_text()
+
+    crash = ["+callbacks.crash._target_=test_first_contact.Crash", f"paths.log_dir={tmp_path / 'b'}"]
+    result = train(*common, *crash, env={"PYTHONPATH": str(ROOT / "tests")})
+    assert result.returncode == 1 and "the disk went away" in result.stderr
+    (run_dir,) = (tmp_path / "b" / "train" / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "RuntimeError: the disk went away" in metrics["error"]
+    assert "the disk went away" in (run_dir / "train.log").read_text()
