@@ -178,8 +178,28 @@ def test_training_run_writes_lr_find_pictures_and_report(trained_run):
     assert metrics["lr_find"]["suggested_max_lr"] == found["suggested_max_lr"]
     hparams = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "max_lr: auto" in hparams  # what was asked; the hparams and report hold what was used
-    assert f"{found['suggested_max_lr']:.4g}" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert f"{found['suggested_max_lr']:.4g}" in report
     assert set(metrics["per_class_accuracy"]) == set(CLASSES)
+    assert "subset of 256 test images" in report  # debug=fast tests on data.test_subset=256
+
+
+def test_the_curves_lr_is_the_schedule_at_every_step(trained_run):
+    from resnet_onecycle.analysis.curves import read_scalars, schedule_lrs, steps_per_epoch_of
+
+    _, _, run_dir, _console = trained_run
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.model.scheduler.max_lr = json.loads((run_dir / "lr_find.json").read_text())["suggested_max_lr"]
+    scalars = read_scalars(run_dir / "tensorboard")
+    lrs = schedule_lrs(cfg.model.scheduler, cfg.trainer.max_epochs, steps_per_epoch_of(scalars))
+    assert len(lrs) == metrics_steps(run_dir) == 16  # debug=fast: 2 epochs of 8 steps, every one drawn
+    logged = scalars["lr-SGD"]  # the samples TensorBoard holds agree with the schedule drawn
+    assert logged and all(lrs[step] == pytest.approx(value, rel=1e-6) for step, value in logged)
+    assert max(lrs) == pytest.approx(cfg.model.scheduler.max_lr) and lrs.index(max(lrs)) == 7  # peak at epoch 1's end
+
+
+def metrics_steps(run_dir) -> int:
+    return json.loads((run_dir / "metrics.json").read_text())["global_steps"]
 
 
 def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from resnet_onecycle.analysis.confusion import confusion, per_class_accuracy, plot_confusion  # noqa: E402
-from resnet_onecycle.analysis.curves import plot_curves, read_scalars  # noqa: E402
+from resnet_onecycle.analysis.curves import plot_curves, read_scalars, schedule_lrs, steps_per_epoch_of  # noqa: E402
 from resnet_onecycle.analysis.gradcam import gradcam_maps, overlays  # noqa: E402
 from resnet_onecycle.analysis.misclassified import image_grid, most_confident_mistakes, plot_misclassified, title  # noqa: E402
 from resnet_onecycle.analysis.predictions import predict  # noqa: E402
@@ -50,7 +50,11 @@ def analyze(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes,
     if tensorboard_dir is not None and Path(tensorboard_dir).exists():
         scalars = read_scalars(Path(tensorboard_dir))
         if scalars.get("train/loss"):
-            fig = plot_curves(scalars, val_is_test=not OmegaConf.select(cfg, "data.val_size"))
+            schedule = None
+            scheduler_cfg, epochs = OmegaConf.select(cfg, "model.scheduler"), OmegaConf.select(cfg, "trainer.max_epochs")
+            if scheduler_cfg is not None and epochs and isinstance(scheduler_cfg.get("max_lr"), (int, float)):
+                schedule = schedule_lrs(scheduler_cfg, epochs, steps_per_epoch_of(scalars))
+            fig = plot_curves(scalars, val_is_test=not OmegaConf.select(cfg, "data.val_size"), schedule=schedule)
             pictures["curves"] = save(fig, out_dir / "curves.png", "analysis/curves", loggers, step)
 
     index = most_confident_mistakes(predictions, settings.misclassified)

@@ -16,7 +16,25 @@ def read_scalars(tensorboard_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def plot_curves(scalars: dict, val_is_test: bool):
+def schedule_lrs(scheduler_cfg, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The LR of every training step, from the run's own one-cycle config: the schedule itself,
+    not the logged samples (TensorBoard has the LR every `trainer.log_every_n_steps` steps)."""
+    import torch
+    from hydra.utils import instantiate
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = instantiate(scheduler_cfg)(optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    lrs = []
+    for _ in range(epochs * steps_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def plot_curves(scalars: dict, val_is_test: bool, schedule: list[float] | None = None):
+    """Loss and accuracy per epoch, and the LR: `schedule` (every step's) when given, else the
+    logged samples."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
@@ -29,14 +47,20 @@ def plot_curves(scalars: dict, val_is_test: bool):
         ax.set_title({"loss": "cross-entropy loss", "acc": "accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
-    lrs = scalars.get("lr-SGD", [])
-    # epoch k's train/loss is logged at its last step, k * steps_per_epoch - 1
-    train_steps = [s for s, _ in scalars.get("train/loss", [])]
-    steps_per_epoch = train_steps[0] + 1 if train_steps else (lrs[-1][0] + 1 if lrs else 1)
+    lrs = list(enumerate(schedule)) if schedule else scalars.get("lr-SGD", [])
+    steps_per_epoch = steps_per_epoch_of(scalars)
     # the LR of step s is drawn at the end of that step, so epoch k's steps end at x = k
     axes[2].plot([(s + 1) / steps_per_epoch for s, _ in lrs], [v for _, v in lrs], color="tab:red")
     axes[2].set_xlabel("epoch")
-    axes[2].set_title("learning rate (per step)")
+    gap = lrs[1][0] - lrs[0][0] if len(lrs) > 1 else 1
+    axes[2].set_title("learning rate (every step)" if gap == 1 else f"learning rate (every {gap} steps)")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def steps_per_epoch_of(scalars: dict) -> int:
+    """Epoch k's train/loss is logged at its last step, k * steps_per_epoch - 1."""
+    train_steps = [s for s, _ in scalars.get("train/loss", [])]
+    lrs = scalars.get("lr-SGD", [])
+    return train_steps[0] + 1 if train_steps else (lrs[-1][0] + 1 if lrs else 1)

@@ -41,12 +41,18 @@ def recipe_rows(cfg: DictConfig, parameters: int) -> list[tuple[str, str]]:
 
 def write_report(path, title: str, metrics: dict, cfg: DictConfig, parameters: int, classes,
                  class_accuracy: list[float], pictures: dict[str, str], gradcam_layer: str) -> None:
-    lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
+    lines = [f"# {title}", ""]
+    test_subset = OmegaConf.select(cfg, "data.test_subset")
+    if test_subset:
+        lines += [f"Test metrics on a fixed random subset of {test_subset} test images (`data.test_subset`), "
+                  "not the whole test split.", ""]
+    lines += ["| metric | value |", "| --- | --- |"]
     for key, value in metrics.items():
         lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     lines += ["", "## Recipe", "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in recipe_rows(cfg, parameters)]
     sections = {
-        "curves": ("Training curves", "Loss and accuracy per epoch; the learning rate at every step."),
+        "curves": ("Training curves", "Loss and accuracy per epoch; the learning rate of every step, from the "
+                                      "run's one-cycle schedule."),
         "misclassified": ("Misclassified test images", "Titled true / predicted; the most confident mistakes first."),
         "gradcam": ("Grad-CAM", f"The same images; heat maps for the predicted class at layer `{gradcam_layer}`."),
         "confusion_matrix": ("Confusion matrix", "Rows are the true classes, columns the predicted ones."),
