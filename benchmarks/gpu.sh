@@ -17,22 +17,9 @@
 #   OUT=/tmp/res bash benchmarks/gpu.sh | tee gpu.log; tar -C /tmp/res -czf results.tar.gz .
 # A CPU dry run of the same script:
 #   OUT=/tmp/dry DATA=... RECIPE="experiment=seed data.subset=2048 data.test_subset=1024 model.net.width=0.125 trainer.max_epochs=6 trainer=cpu" BUDGET=600 bash benchmarks/gpu.sh
-set -uo pipefail
-OUT=${OUT:-gpu-results}
-DATA=${DATA:-.device/cifar10-jpeg.tar.gz}
 RECIPE=${RECIPE:-experiment=seed trainer=gpu}
-BUDGET=${BUDGET:-520}          # seconds this script may use in all
 BENCH_EPOCHS=${BENCH_EPOCHS:-5}
-mkdir -p "$OUT"
-work=$(mktemp -d)
-common=(data.source="$DATA" paths.data_dir="$work/data" paths.log_dir="$work/logs")
-
-left() { echo $((BUDGET - SECONDS)); }
-
-fits() {  # fits NAME NEEDED_SECONDS: announce the stage, or say why it is skipped
-  if (( $(left) < $2 )); then echo "== skip $1: $(left) s left"; return 1; fi
-  echo "== $1 ($(left) s left)"
-}
+source "$(dirname "$0")/stages.sh"
 
 train() {  # train NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2

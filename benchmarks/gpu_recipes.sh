@@ -7,22 +7,9 @@
 #   source .device/gpu-env.sh && OUT=/tmp/res bash benchmarks/gpu_recipes.sh | tee /tmp/res/gpu.log
 # A CPU dry run:
 #   OUT=/tmp/dry DATA=... TRAINER="trainer=cpu model.net.width=0.125 data.subset=1024 data.test_subset=512 trainer.max_epochs=6 model.scheduler.peak_epoch=1" BUDGET=300 bash benchmarks/gpu_recipes.sh
-set -uo pipefail
-OUT=${OUT:-gpu-results}
-DATA=${DATA:-.device/cifar10-jpeg.tar.gz}
 TRAINER=${TRAINER:-trainer=gpu}
-BUDGET=${BUDGET:-520}
 SEEDS=${SEEDS:-0 1 2}
-mkdir -p "$OUT"
-work=$(mktemp -d)
-common=(data.source="$DATA" paths.data_dir="$work/data" paths.log_dir="$work/logs")
-
-left() { echo $((BUDGET - SECONDS)); }
-
-fits() {  # fits NAME NEEDED_SECONDS: announce the stage, or say why it is skipped
-  if (( $(left) < $2 )); then echo "== skip $1: $(left) s left"; return 1; fi
-  echo "== $1 ($(left) s left)"
-}
+source "$(dirname "$0")/stages.sh"
 
 train() {  # train NAME NEEDED_SECONDS OVERRIDES...: one run; its metrics.json lands in $OUT/NAME.json
   local name=$1 need=$2; shift 2
