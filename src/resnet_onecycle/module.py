@@ -13,7 +13,7 @@ from torchmetrics import MaxMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.models import TTA_MODES, FlipAveraged
+from resnet_onecycle.models import TTA_MODES, FlipAveraged, flip_averaged
 
 # torch.compile's modes, and `cudagraphs`: its backend of that name (CUDA graphs of the eager
 # kernels, no code generated: on an H100 a 12 s start-up against 34-39 s for inductor's modes,
@@ -176,9 +176,7 @@ class MixedResNetModule(L.LightningModule):
         outside training with `model.tta=flip`, averaged with the mirror image's logits."""
         net = self.compiled_net or self.net
         images = self.memory_format(images)
-        if self.flip_tta and not self.training:
-            return (net(images) + net(images.flip(-1))) / 2
-        return net(images)
+        return flip_averaged(net, images) if self.flip_tta and not self.training else net(images)
 
     @property
     def classifier(self) -> nn.Module:

@@ -8,6 +8,11 @@ from torch import nn
 TTA_MODES = ("none", "flip")
 
 
+def flip_averaged(net, images: torch.Tensor) -> torch.Tensor:
+    """The logits of `net` (a module or a compiled function) averaged over each image and its mirror."""
+    return (net(images) + net(images.flip(-1))) / 2
+
+
 class FlipAveraged(nn.Module):
     """`net`'s logits averaged over each image and its left-right mirror. It holds no weights of
     its own, so it evaluates whatever `net` holds at the time (raw or averaged)."""
@@ -17,4 +22,4 @@ class FlipAveraged(nn.Module):
         self.net = net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.net(images) + self.net(images.flip(-1))) / 2
+        return flip_averaged(self.net, images)
