@@ -134,12 +134,16 @@ def explain_failure(config_name: str, overrides: list[str]) -> str:
             compose(config_name, overrides=[*good, override], return_hydra_config=True)
             good.append(override)
             continue
-        except MissingConfigException:
+        except MissingConfigException as error:
             group, option = override.lstrip("+~").split("=", 1)
             options = GlobalHydra.instance().config_loader().get_group_options(group)
             if not options:
                 return f"{override}: {group} is not a config group of {config_name}.yaml."
-            return f"{override}: no such option in {group}; choose one of: {', '.join(options)}."
+            if option not in options:
+                return f"{override}: no such option in {group}; choose one of: {', '.join(options)}."
+            # the option exists, and something it names does not (a launcher or sweeper plugin not installed)
+            return (f"{override}: {str(error).splitlines()[0]} (the launchers and sweepers come with "
+                    "pip install -e '.[sweep]').")
         except HydraException as error:
             key = override.lstrip("+~").split("=", 1)[0]
             cfg = compose(config_name, overrides=good, return_hydra_config=True)
