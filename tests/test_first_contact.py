@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from resnet_onecycle.cli import command_line_error
 
 
 def train(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -25,18 +26,35 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> None:
         assert word in result.stderr, (word, result.stderr)
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["model.scheduler.max_lrr=0.05"], ["model.scheduler.max_lrr is not a config key", "did you mean model.scheduler.max_lr?"]),
-    (["-m", "model.scheduler.max_lr=0.01,0.02", "data.batchsize=3"], ["did you mean data.batch_size?"]),
-    (["+model.scheduler.max_lrr=0.05"], ["takes no argument 'max_lrr'", "did you mean model.scheduler.max_lr?"]),
-    (["trainer=gpux"], ["trainer=gpux: no such option in trainer", "cpu, ddp, default, gpu"]),
-    (["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_best, seed"]),
-    (["data.batch_size"], ["write key=value"]),
+@pytest.mark.parametrize("config, args, words", [
+    ("train", ["model.scheduler.max_lrr=0.05"], ["model.scheduler.max_lrr is not a config key",
+                                                  "did you mean model.scheduler.max_lr?"]),
+    ("train", ["-m", "model.scheduler.max_lr=0.01,0.02", "data.batchsize=3"], ["did you mean data.batch_size?"]),
+    ("train", ["+model.scheduler.max_lrr=0.05"], ["takes no argument 'max_lrr'", "did you mean model.scheduler.max_lr?"]),
+    ("train", ["trainer=gpux"], ["trainer=gpux: no such option in trainer", "cpu, ddp, default, gpu"]),
+    ("train", ["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_best, seed"]),
+    ("train", ["data.batch_size"], ["write key=value"]),
+    ("eval", ["ckpt_path=x.ckpt", "model.net.widht=0.25"], ["did you mean model.net.width?"]),
+    ("find_lr", ["lr_find.maxlr=5"], ["did you mean lr_find.max_lr?"]),
 ])
-def test_command_line_mistakes_are_one_error_line_before_anything_runs(tmp_path, overrides, words):
-    result = train(*overrides, f"paths.log_dir={tmp_path}")
-    refused(result, *words)
-    assert not any(tmp_path.iterdir())  # refused before Hydra made a run dir
+def test_command_line_mistakes_name_the_key_and_the_fix(config, args, words):
+    problem = command_line_error(config, args)
+    assert problem is not None
+    for word in words:
+        assert word in problem, (word, problem)
+
+
+@pytest.mark.parametrize("args", [["-m", "model.scheduler.max_lr=0.01,0.02", "+trainer.max_time=00:00:01:00"],
+                                  ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "experiment=cpu_fast"],
+                                  ["--help"]])
+def test_good_command_lines_pass_the_check(args):
+    assert command_line_error("train", args) is None
+
+
+def test_a_command_line_mistake_is_one_error_line_and_exit_2_before_any_run_dir(tmp_path):
+    result = train("model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}")
+    refused(result, "did you mean model.scheduler.max_lr?")
+    assert result.stderr.count("\n") == 1 and not any(tmp_path.iterdir())  # one line; no run dir made
 
 
 def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path, image_tree):

@@ -161,7 +161,7 @@ def test_run_writes_config_and_checkpoints(debug_run):
     assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])
 
 
-def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
+def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
     run_dir, _ = debug_run
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
@@ -172,7 +172,8 @@ def test_run_writes_tensorboard_scalars_graph_and_hparams(debug_run):
     lrs = [e.value for e in events.Scalars("lr-SGD")]
     assert len(lrs) == 16 and lrs[0] == pytest.approx(0.0015) and max(lrs) == pytest.approx(0.015)
     assert len(events.Scalars("lr-SGD-momentum")) == 16
-    assert events.Graph() is not None
+    with pytest.raises(ValueError):  # no graph unless logger.tensorboard.log_graph=true (torch.jit.trace warns)
+        events.Graph()
     hparams = b"".join(events.PluginTagToContent("hparams").values())
     for name in (b"model.scheduler.max_lr", b"data.batch_size", b"git_commit", b"torch", b"lightning", b"test/acc"):
         assert name in hparams, name
@@ -219,19 +220,6 @@ def test_download_without_network_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "data.source=download could not fetch CIFAR-10" in result.stderr
     assert "cifar-10-python.tar.gz" in result.stderr and "../shared" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("nosuchkey=1", "Could not override 'nosuchkey'"),
-        ("experiment=nope", "Could not find 'experiment/nope'"),
-    ],
-)
-def test_unknown_config_key_or_group_gets_hydras_message(tmp_path, override, message):
-    result = run_train("debug=fast", f"paths.log_dir={tmp_path / 'logs'}", override)
-    assert result.returncode != 0
-    assert message in result.stderr + result.stdout
 
 
 def test_logs_dir_that_cannot_be_written(tmp_path, image_tree):
