@@ -198,8 +198,8 @@ def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         prep = state.get("net.prep.0.weight")  # the first conv: 64 x width output channels
-        if prep is not None and prep.ndim == 4:
-            theirs = prep.shape[0] / 64
+        theirs = prep.shape[0] / 64 if prep is not None and prep.ndim == 4 else None
+        if theirs is not None and prep.shape[0] != max(1, round(64 * width)):
             raise ConfigError(
                 f"ckpt_path={ckpt_path!r} holds a MixedResNet of width {theirs:g} ({prep.shape[0]} channels in its first "
                 f"layer), and this config builds width {width}: give model.net.width={theirs:g}."
