@@ -30,7 +30,7 @@ from throughput import CONFIGS, plain, project, report
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from resnet_onecycle.module import compile_counters
+from resnet_onecycle.framework import compile_counters
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
 REGION = "Torch-Compiled Region: "  # the profiler's name for a call of a compiled graph

@@ -49,7 +49,8 @@ from omegaconf import open_dict
 
 from resnet_onecycle.data.augment import augment
 from resnet_onecycle.data.cifar10 import Batches
-from resnet_onecycle.module import MixedResNetModule, compile_counters, compiled
+from resnet_onecycle.framework import compile_counters
+from resnet_onecycle.module import MixedResNetModule, compiled
 from resnet_onecycle.tasks import instantiate_group
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, class_images, compose_train, write_image_tree
-from resnet_onecycle.analysis import analyze
+from resnet_onecycle.analysis import Analysis
 from resnet_onecycle.analysis.gradcam import gradcam_maps
 from resnet_onecycle.analysis.predictions import predict
 from resnet_onecycle.data.sources import CLASSES
@@ -122,26 +123,32 @@ def test_gradcam_maps_are_valid_and_leave_the_model_as_found(net_and_data):
         gradcam_maps(net, images[:2], [0, 1], "layer9", torch.device("cpu"))
 
 
-def test_pictures_and_report(tmp_path, net_and_data):
-    net, images, labels = net_and_data
-    cfg = compose_train(["debug=fast", "analysis.misclassified=7"], tmp_path)
-    result = analyze(net, images, labels, CLASSES, tmp_path / "out", cfg.analysis, cfg,
-                     {"test/acc": 0.5}, torch.device("cpu"))
+def test_the_analysis_callback_writes_pictures_and_report_after_testing(tmp_path, trained_net):
+    tree = write_image_tree(tmp_path / "data", n_train=2, n_test=4, seed=2)
+    cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}",
+                         "data.subset=null", "data.test_subset=null"], tmp_path)
+    module = instantiate(cfg.model, net=trained_net)
     out = tmp_path / "out"
+    analysis = Analysis(out, misclassified=7, title="A report")
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[analysis], enable_progress_bar=False,
+                        enable_model_summary=False, max_epochs=3)
+    trainer.test(module, datamodule=instantiate(cfg.data))
     for name, min_width in (("misclassified.png", 600), ("gradcam.png", 600), ("confusion_matrix.png", 500)):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] >= min_width and image.size[1] >= 300
-    predictions = predict(net, images, labels, torch.device("cpu"))
-    index = result["misclassified_index"]
-    assert 0 < len(index) <= 7
-    assert all(predictions.predicted[i] != predictions.labels[i] for i in index)
-    confidences = [float(predictions.confidence[i]) for i in index]
-    assert confidences == sorted(confidences, reverse=True)
+    assert not (out / "curves.png").exists()  # no training events to draw
+    images, labels = trainer.datamodule.splits["test"]
+    predictions = predict(trained_net, images, labels, torch.device("cpu"))
+    assert 0 < (predictions.predicted != predictions.labels).sum()  # there are mistakes to show
     report = (out / "report.md").read_text()
+    assert report.startswith("# A report") and "| test/acc |" in report
+    # the recipe as it ran: the module's net and partials, the DataModule, the trainer
+    assert "MixedResNet, width 0.125, 103,954 parameters" in report and "| batch size / epochs | 64 / 3 |" in report
+    assert "0.002 -> 0.02 at the end of epoch 1 -> 0.002" in report
     for link in re.findall(r"\]\(([^)]+)\)", report):
         assert (out / link).is_file() and "/" not in link  # relative links next to the report
     per_class = json.loads((out / "per_class_accuracy.json").read_text())
-    assert list(per_class) == list(CLASSES)
+    assert list(per_class) == list(CLASSES) and analysis.per_class_accuracy == per_class
     matrix_total = sum(predictions.predicted == predictions.labels)
     assert sum(per_class[c] * 4 for c in CLASSES) == pytest.approx(float(matrix_total))
 
@@ -191,7 +198,7 @@ def test_the_curves_lr_is_the_schedule_at_every_step(trained_run):
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     cfg.model.scheduler.max_lr = json.loads((run_dir / "lr_find.json").read_text())["suggested_max_lr"]
     scalars = read_scalars(run_dir / "tensorboard")
-    lrs = schedule_lrs(cfg.model.scheduler, cfg.trainer.max_epochs, steps_per_epoch_of(scalars))
+    lrs = schedule_lrs(instantiate(cfg.model.scheduler), cfg.trainer.max_epochs, steps_per_epoch_of(scalars))
     assert len(lrs) == metrics_steps(run_dir) == 16  # debug=fast: 2 epochs of 8 steps, every one drawn
     logged = scalars["lr-SGD"]  # the samples TensorBoard holds agree with the schedule drawn
     assert logged and all(lrs[step] == pytest.approx(value, rel=1e-6) for step, value in logged)

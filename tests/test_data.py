@@ -212,17 +212,31 @@ def test_seed_batch_size_gives_98_steps_per_epoch():
 
 def test_shuffled_order_depends_on_seed_and_epoch_only():
     images = torch.arange(100).view(100, 1)
-    epoch = [0]
 
-    def order(seed):
-        return torch.cat([x for x, _ in Batches(images, torch.zeros(100), 16, True, seed, lambda: epoch[0])]).flatten()
+    def order(seed, epoch=0):
+        batches = Batches(images, torch.zeros(100), 16, True, seed)
+        batches.sampler.set_epoch(epoch)  # what Lightning calls at each epoch's start
+        return torch.cat([x for x, _ in batches]).flatten()
 
     first = order(1)
     assert sorted(first.tolist()) == list(range(100))
     assert torch.equal(first, order(1))
     assert not torch.equal(first, order(2))
-    epoch[0] = 1
-    assert not torch.equal(first, order(1))
+    assert not torch.equal(first, order(1, epoch=1))
+
+
+def test_a_restored_position_skips_the_batches_served_in_that_epoch_only():
+    images = torch.arange(100).view(100, 1)
+    batches = Batches(images, torch.zeros(100), 16, True, seed=3)
+    full = [x for x, _ in batches]
+    assert batches.position() == {"epoch": 0, "batches_done": 7}
+    batches.resume_at = (0, 5)  # a checkpoint saved after 5 batches of epoch 0
+    resumed = [x for x, _ in batches]
+    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(resumed, full[5:]))
+    assert batches.position() == {"epoch": 0, "batches_done": 7}
+    batches.resume_at = (0, 5)
+    batches.set_epoch(1)  # a position saved in another epoch is not this one's
+    assert len(list(batches)) == 7
 
 
 def test_shards_of_a_global_batch_cover_it_once():
@@ -278,3 +292,18 @@ def test_splits_larger_than_the_data_are_refused(image_tree, tmp_path, kwargs, m
     dm = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path), **kwargs)
     with pytest.raises(ValueError, match=message):
         dm.setup("fit")
+
+
+def test_a_missing_source_suggests_a_path_other_than_the_one_that_failed():
+    from pathlib import Path
+
+    from resnet_onecycle.data.sources import check_source
+
+    with pytest.raises(DataSourceError, match=r"e\.g\. data\.source=\$HOME/datasets/cifar-10-python\.tar\.gz"):
+        check_source("/nowhere/cifar.tar.gz")
+    failed = str(Path.home() / "datasets" / "cifar-10-python.tar.gz")
+    with pytest.raises(DataSourceError) as error:
+        check_source(failed)
+    assert "e.g. data.source=/data/cifar-10-python.tar.gz" in str(error.value) and "cs.toronto.edu" in str(error.value)
+    with pytest.raises(DataSourceError, match="no such file or folder"):
+        check_source("")

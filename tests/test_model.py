@@ -114,7 +114,7 @@ def test_steps_run_the_compiled_net_and_the_summary_and_graph_the_plain_one(monk
     from hydra.utils import instantiate
 
     from conftest import compose_train, write_image_tree
-    from resnet_onecycle.records import instantiate_group
+    from resnet_onecycle.tasks import instantiate_group
 
     seen = []
 

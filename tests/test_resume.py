@@ -14,8 +14,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import open_dict
 
 from conftest import ROOT, compose_train, write_image_tree
-from resnet_onecycle.callbacks import DivergenceError
 from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.resume import DivergenceError
 from resnet_onecycle.tasks import train
 
 # 3 epochs of 8 steps (60 training images, batches of 8), deterministic, on the CPU.
@@ -126,7 +126,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, u
 
 
 def test_divergence_names_the_lr_of_the_step():
-    from resnet_onecycle.callbacks import RunGuard
+    from resnet_onecycle.resume import RunGuard
 
     class Trainer:
         global_step, current_epoch, num_training_batches, world_size = 7, 0, 100, 1
@@ -217,3 +217,13 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
     resumed = resumed_config(cfg, [f"resume={tmp_path / 'run'}"], {"experiment"})
     assert resumed.ckpt_path == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert resumed.model.scheduler.max_lr == 0.02
+
+
+def test_the_schedule_keys_resume_compares_are_keys_of_the_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from resnet_onecycle.resume import SCHEDULE_KEYS
+
+    cfg = compose_train([], tmp_path)
+    missing = object()
+    assert [key for key in SCHEDULE_KEYS if OmegaConf.select(cfg, key, default=missing) is missing] == []

@@ -11,11 +11,10 @@ from collections import Counter
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.profilers import PassThroughProfiler, Profiler, SimpleProfiler
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import compose_train, write_image_tree
-from resnet_onecycle.records import instantiate_group
+from resnet_onecycle.tasks import instantiate_group
 
 # aten ops whose CUDA kernels copy a value to the host and wait for it, and `lift_fresh`: a tensor
 # made from host values (`torch.tensor(x, device=...)`), on a GPU a copy from host memory that waits
@@ -82,64 +81,6 @@ def test_training_steps_never_wait_on_the_host(tmp_path):
     for step, ops in enumerate(spy.steps):
         assert ops["aten::convolution_backward"] > 0 and ops["aten::randint"] > 0  # the whole step was seen
         assert not {op: n for op, n in ops.items() if op in SYNCING}, f"step {step} waits on the host"
-
-
-class Window(L.Callback):
-    """On over an epoch's training steps: from the first step's start to the last step's end,
-    each step's batch fetch and transfer included (validation and the epoch's end follow)."""
-
-    def __init__(self) -> None:
-        self.on = False
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.on = True
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.on = batch_idx + 1 < trainer.num_training_batches
-
-
-def test_lightning_bookkeeping_takes_the_cheap_paths(tmp_path, monkeypatch):
-    """Around each of its ~20 hook calls a step, Lightning sets the module's `_current_fx_name`
-    twice and enters its profiler's context: neither may take the generic path (nn.Module's
-    `__setattr__`, the generator-based `Profiler.profile`), which cost most of Lightning's own
-    host time a step."""
-    window, slow = Window(), Counter()
-    module_setattr, generic_profile = torch.nn.Module.__setattr__, Profiler.profile
-
-    def counting_setattr(self, name, value):
-        if window.on and isinstance(self, L.LightningModule):
-            slow[f"nn.Module.__setattr__ {name}"] += 1
-        module_setattr(self, name, value)
-
-    def counting_profile(self, action_name):
-        slow[f"Profiler.profile {action_name}"] += window.on
-        return generic_profile(self, action_name)
-
-    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting_setattr)
-    monkeypatch.setattr(Profiler, "profile", counting_profile)
-    tree = write_image_tree(tmp_path / "data", n_train=13, n_test=7)
-    cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}",
-                         "data.subset=128", "data.test_subset=64"], tmp_path)
-    trainer = instantiate(cfg.trainer, callbacks=[window, *instantiate_group(cfg.callbacks)],
-                          logger=instantiate_group(cfg.logger))
-    module = instantiate(cfg.model)
-    trainer.fit(module, datamodule=instantiate(cfg.data))
-    assert trainer.global_step == 4 and +slow == Counter()
-
-    window.on = True  # the spies see the generic paths
-    module.anything = 1
-    PassThroughProfiler().profile("x")
-    assert slow["nn.Module.__setattr__ anything"] == 1 and slow["Profiler.profile x"] == 1
-
-
-def test_trainer_profiler_still_profiles(tmp_path):
-    tree = write_image_tree(tmp_path / "data", n_train=13, n_test=7)
-    cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}",
-                         "data.subset=128", "data.test_subset=64", "trainer.profiler=simple"], tmp_path)
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
-    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
-    assert isinstance(trainer.profiler, SimpleProfiler)
-    assert len(trainer.profiler.recorded_durations["run_training_batch"]) == 4
 
 
 def test_the_epoch_metrics_cost_a_step_two_kernels():

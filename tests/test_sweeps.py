@@ -59,6 +59,33 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, image_tree):
     assert (sweep_dir / ".submitit").is_dir()  # the jobs went through submitit
     rows = summary_rows(sweep_dir)
     assert [(r["seed"], r["status"]) for r in rows] == [("1", "completed"), ("2", "completed")]
+    # each job takes every core (cpus_per_task unset), so they ran one after the other
+    first_done = (sweep_dir / "0" / "metrics.json").stat().st_mtime
+    second_started = min(p.stat().st_mtime for p in (sweep_dir / "1" / ".hydra").iterdir())
+    assert second_started >= first_done
+
+
+def test_parallel_jobs_share_the_cores_and_local_jobs_run_as_many_as_fit(monkeypatch):
+    from omegaconf import OmegaConf
+
+    import resnet_onecycle.cli as cli
+
+    monkeypatch.setattr(cli, "cores", lambda: 8)
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    assert cli.threads_per_job(OmegaConf.create({"_target_": joblib, "n_jobs": 2})) == 4
+    assert cli.threads_per_job(OmegaConf.create({"_target_": joblib, "n_jobs": -1})) == 1  # a job per core
+    assert cli.threads_per_job(OmegaConf.create({"_target_": local, "cpus_per_task": 2})) == 2
+    assert cli.threads_per_job(OmegaConf.create({"_target_": local, "cpus_per_task": None})) is None
+    for cpus, at_once in ((None, 1), (2, 4), (3, 2)):
+        config = OmegaConf.create({"hydra": {"launcher": {"_target_": local, "cpus_per_task": cpus},
+                                             "sweeper": {"max_batch_size": None}}})
+        OmegaConf.set_readonly(config, True)
+        cli.JobsAtOnce().on_multirun_start(config)
+        assert config.hydra.sweeper.max_batch_size == at_once
+    given = OmegaConf.create({"hydra": {"launcher": {"_target_": local}, "sweeper": {"max_batch_size": 3}}})
+    cli.JobsAtOnce().on_multirun_start(given)
+    assert given.hydra.sweeper.max_batch_size == 3  # a value given on the command line stays
 
 
 def test_optuna_sweep_runs_trials_and_summarizes_them(tmp_path, image_tree):

@@ -119,7 +119,7 @@ def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch
 
 
 def test_compile_counters_since_a_reading_count_what_was_compiled_since():
-    from resnet_onecycle.module import compile_counters
+    from resnet_onecycle.framework import compile_counters
 
     torch.compile(lambda x: x + 1, backend="eager")(torch.ones(3))  # dynamo only: no code generation
     before = compile_counters()
@@ -132,7 +132,7 @@ def test_compile_counters_since_a_reading_count_what_was_compiled_since():
 
 
 def test_git_commit_says_when_tracked_files_changed(tmp_path):
-    from resnet_onecycle.records import git_commit
+    from resnet_onecycle.summary import git_commit
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
@@ -185,15 +185,15 @@ def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("data.batch_size=0", "data.batch_size=0 must be a whole number greater than 0"),
+        ("data.batch_size=0", "data.batch_size=0 must be a whole number >= 1"),
         ("data.batch_size=big", "data.batch_size='big' must be a whole number"),
         ("model.scheduler.max_lr=-0.1", "model.scheduler.max_lr=-0.1 must be a number greater than 0"),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number greater than 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number greater than model.scheduler.peak_epoch"),
         ("model.net.width=0", "model.net.width=0 must be a number greater than 0"),
         ("model.net.width=wide", "model.net.width='wide' must be a number greater than 0"),
         ("model.scheduler.max_lr=fast", "model.scheduler.max_lr='fast' must be a number greater than 0"),
-        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 must be a whole number greater than 0"),
-        ("model.scheduler.peak_epoch=2", "model.scheduler.peak_epoch=2 must be smaller than trainer.max_epochs=2"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 must be a whole number greater than"),
+        ("model.scheduler.peak_epoch=2", "trainer.max_epochs=2 must be a whole number greater than model.scheduler.peak_epoch=2"),
         ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz': no such file or folder"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
         ("test_ckpt=middle", "test_ckpt='middle' must be `last` or `best`"),

@@ -1,132 +1,17 @@
-"""Callbacks that keep a run's saved state good: interrupts, divergence, and exact resumption."""
+"""Training callbacks that are not resume (see resume.py): the LR log, weight averaging, and
+the checkpoint writer."""
 
 from __future__ import annotations
 
 import os
-import random
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
-
-from resnet_onecycle.errors import UserError
-
-
-class DivergenceError(UserError):
-    """The loss became non-finite; the message names the step, the LR and the likely cause."""
-
-
-class TrainingInterrupted(Exception):
-    """Raised out of `Trainer.fit` once an interrupted run's last.ckpt is saved.
-
-    An exception, not `trainer.should_stop`: a stop mid-epoch would still run validation and
-    let ModelCheckpoint save over last.ckpt as if the epoch had ended.
-    """
-
-    def __init__(self, signal_name: str, checkpoint: Path) -> None:
-        super().__init__(f"interrupted by {signal_name}; saved {checkpoint}")
-        self.signal_name, self.checkpoint = signal_name, checkpoint
-
-
-def last_checkpoint_path(trainer: L.Trainer) -> Path:
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.dirpath:
-        return Path(callback.dirpath) / "last.ckpt"
-    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-
-
-class RunGuard(L.Callback):
-    """Stops a run only where its saved state is good.
-
-    SIGINT (Ctrl-C) or SIGTERM (what SLURM sends before pre-emption) during training: the step in
-    flight finishes, `last.ckpt` is saved there (the batch order is resumable mid-epoch), and
-    TrainingInterrupted is raised out of `Trainer.fit`.
-
-    A non-finite loss stops the run with a DivergenceError naming the step and its LR. Losses stay
-    on the device and are read back only every `check_every_n_steps` steps, at the last step of
-    each epoch (before validation and checkpointing) and before an interrupt's save, so the guard
-    costs one host sync per check, and no checkpoint ever holds diverged weights.
-    """
-
-    def __init__(self, check_every_n_steps: int = 50) -> None:
-        self.check_every_n_steps = check_every_n_steps
-        self.interrupted: str | None = None
-        self.pending: list[tuple[int, int, float, torch.Tensor]] = []  # (step, epoch, lr, loss)
-        self.step_lr = float("nan")
-        self.previous_handlers: dict[int, object] = {}
-
-    # --- signals ------------------------------------------------------------------------------
-
-    def on_train_start(self, trainer, module) -> None:
-        self.interrupted = None
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous_handlers[signum] = signal.getsignal(signum)
-                signal.signal(signum, self.handle_signal)
-        except ValueError:  # not the main thread: signals stay with whoever owns them
-            self.previous_handlers = {}
-
-    def handle_signal(self, signum, frame) -> None:
-        self.interrupted = signal.Signals(signum).name
-
-    def restore_handlers(self) -> None:
-        for signum, handler in self.previous_handlers.items():
-            signal.signal(signum, handler)
-        self.previous_handlers = {}
-
-    def on_train_end(self, trainer, module) -> None:
-        self.restore_handlers()
-
-    def on_exception(self, trainer, module, exception) -> None:
-        self.restore_handlers()
-
-    # --- the check after every step -----------------------------------------------------------
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.step_lr = trainer.optimizers[0].param_groups[0]["lr"]  # the scheduler moves it after the step
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        # global_step already counts this step
-        self.pending.append((trainer.global_step - 1, trainer.current_epoch, self.step_lr, loss.detach()))
-        # Decide once, from one reading of the flag: a signal landing after this line waits for the
-        # next step, so that every process takes the same branch.
-        stop = self.interrupted is not None
-        if trainer.world_size > 1:
-            # Every process stops at the same step (the save is collective), whichever got the signal;
-            # one small all-reduce per step, as Lightning's own SIGTERM handling does under DDP.
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-        if len(self.pending) >= self.check_every_n_steps or last_of_epoch or stop:
-            self.check(trainer)
-        if stop:
-            path = last_checkpoint_path(trainer)
-            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, to resume from
-            raise TrainingInterrupted(self.interrupted or "SIGTERM", path)
-
-    def check(self, trainer) -> None:
-        pending, self.pending = self.pending, []
-        finite = torch.stack([loss.float() for *_, loss in pending]).isfinite().tolist()
-        if all(finite):
-            return
-        step, epoch, lr, loss = pending[finite.index(False)]
-        last = last_checkpoint_path(trainer)
-        writes = getattr(trainer.strategy, "checkpoint_io", None)
-        if isinstance(writes, AsyncCheckpointWrites):
-            writes.wait()  # a checkpoint still being written is there once this returns
-        kept = f"The last good checkpoint, {last}, is kept." if last.exists() else "No checkpoint was saved before it."
-        max_lr = trainer.optimizers[0].param_groups[0].get("max_lr", "?")  # set by OneCycleLR
-        raise DivergenceError(
-            f"Training diverged: the loss became {float(loss)} at step {step} (epoch {epoch}) with LR {lr:.4g}. "
-            f"The likely cause is a max LR too high for this model and batch size: lower model.scheduler.max_lr "
-            f"(now {max_lr}). {kept}"
-        )
 
 
 class LearningRates(L.Callback):
@@ -165,43 +50,14 @@ class WeightAveraging(EMAWeightAveraging):
     then hold the averaged weights; the raw ones travel in the checkpoint for resume.
     """
 
+    def __init__(self, decay: float = 0.999, **kwargs) -> None:
+        super().__init__(decay=decay, **kwargs)
+        self.decay = decay  # for the report: Lightning keeps it inside its averaging function only
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self._device is None:  # Lightning's constructor argument, read in its setup
             self._device = trainer.strategy.root_device
         super().setup(trainer, pl_module, stage)
-
-
-class RNGStates(L.Callback):
-    """Saves the random number generators' states in every checkpoint and puts them back when
-    training resumes, so a resumed run draws the same augmentations as an uninterrupted one."""
-
-    def __init__(self) -> None:
-        self.to_restore: dict | None = None
-
-    def state_dict(self) -> dict:
-        numpy_state = np.random.get_state()
-        states = {
-            "torch": torch.get_rng_state(),
-            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            states["cuda"] = torch.cuda.get_rng_state_all()
-        return states
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.to_restore = state_dict  # applied when training starts, after model set-up used the RNG
-
-    def on_train_start(self, trainer, module) -> None:
-        states, self.to_restore = self.to_restore, None
-        if not states:
-            return
-        torch.set_rng_state(states["torch"])
-        name, keys, *rest = states["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class AsyncCheckpointWrites(TorchCheckpointIO):

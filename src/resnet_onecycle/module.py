@@ -52,19 +52,6 @@ def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
     return torch.compile(fn, mode=mode, dynamic=False)
 
 
-def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
-    """torch.compile's counts: graphs compiled (recompiles included), graph breaks, and the times
-    CUDA graphs were skipped (reduce-overhead, max-autotune, cudagraphs). The counts are process-wide: with
-    `since`, an earlier reading, those since then. Empty where this torch does not keep them."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return {}
-    now = {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
-           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
-    return {key: value - (since or {}).get(key, 0) for key, value in now.items()}
-
-
 class EpochStats(Metric):
     """Mean cross-entropy and accuracy over an epoch, kept on the device and gathered across processes.
 
@@ -131,20 +118,8 @@ class MixedResNetModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.compiled_net: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.saved_schedule: dict | None = None  # the one-cycle schedule of a checkpoint being resumed
         self.range_test = False  # set by the LR range test
         self.range_test_losses: list[torch.Tensor] = []
-
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning names the hook it is in by setting `_current_fx_name` before and after each hook
-        # call, about 44 times a training step. nn.Module.__setattr__ first checks the value for a
-        # parameter, buffer or module (about 1 µs a call here), which a hook's name never is; it
-        # would then do what object.__setattr__ does. This path took Lightning's own per-step host
-        # time from about 0.28 to 0.21 ms on a 2-core CPU (benchmarks/RESULTS.md).
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # --- memory format and compilation ------------------------------------------------------
 
@@ -159,7 +134,7 @@ class MixedResNetModule(L.LightningModule):
             # runs the net uncompiled: each module starts afresh (the disk cache still serves them).
             torch.compiler.reset()
             # Where the steps will run: the module itself is moved there after this hook.
-            device_type = self._trainer.strategy.root_device.type if self._trainer else self.device.type
+            device_type = self.trainer.strategy.root_device.type
             # The bound forward, not the module, so checkpoints keep plain parameter names.
             self.compiled_net = compiled(self.net.forward, self.hparams.compile, device_type)
 
@@ -234,13 +209,6 @@ class MixedResNetModule(L.LightningModule):
 
     # --- optimizer and schedule ------------------------------------------------------------------
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Lightning restores the scheduler's state after configure_optimizers; a state from another
-        # schedule would carry the old total_steps and fail later ("Tried to step ... times").
-        schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint.get("optimizer_states")
-        if schedulers and optimizers and "total_steps" in schedulers[0]:
-            self.saved_schedule = schedule_of(schedulers[0], optimizers[0]["param_groups"][0])
-
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.range_test:  # Lightning's LR range test brings its own scheduler
@@ -249,28 +217,5 @@ class MixedResNetModule(L.LightningModule):
         total_steps = int(trainer.estimated_stepping_batches)
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = self.scheduler_factory(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-        if self.saved_schedule is not None:
-            check_checkpoint_schedule(self.saved_schedule, schedule_of(scheduler.state_dict(), optimizer.param_groups[0]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
-def schedule_of(scheduler_state: dict, param_group: dict) -> dict:
-    """What makes two OneCycleLR schedules the same, from its state and its param group."""
-    return {
-        "total_steps": scheduler_state["total_steps"],
-        "peak_step": round(scheduler_state["_schedule_phases"][0]["end_step"]),
-        "max_lr": param_group.get("max_lr"),
-        "start_lr": param_group.get("initial_lr"),
-        "end_lr": param_group.get("min_lr"),
-    }
-
-
-def check_checkpoint_schedule(saved: dict, now: dict) -> None:
-    differs = [f"{key} {saved[key]:.6g} in the checkpoint, {now[key]:.6g} now" for key in saved
-               if saved[key] is not None and now[key] is not None and not math.isclose(saved[key], now[key], rel_tol=1e-9)]
-    if differs:
-        raise ConfigError(
-            "ckpt_path: the checkpoint's one-cycle schedule differs from this config's: " + "; ".join(differs)
-            + ". total_steps and peak_step follow trainer.max_epochs, data.batch_size, data.subset and "
-            "model.scheduler.peak_epoch; the LRs follow model.scheduler. Resume with the schedule the run started with."
-        )

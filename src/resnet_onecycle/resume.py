@@ -1,22 +1,232 @@
-"""Resuming a run: into its own dir, with its own config, refusing a changed schedule.
+"""Resume: everything that makes a stopped run continue exactly where it stopped.
 
-`resume=<run dir>` continues that run from its `checkpoints/last.ckpt` with the config it saved
-(`.hydra/config.yaml`), plus this command's key=value overrides. `ckpt_path=<run>/checkpoints/x.ckpt`
-continues into the checkpoint's run dir with the config composed now. Either way the schedule
-(epochs, batch size, training subset, max LR and the other one-cycle keys) must be the one the
-run started with: OneCycleLR's saved position only means something on the same schedule.
+- `resume=<run dir>` continues that run from its `checkpoints/last.ckpt` with the config it saved
+  (`.hydra/config.yaml`) plus this command's key=value overrides; `ckpt_path=<run>/checkpoints/x.ckpt`
+  continues into the checkpoint's run dir with the config composed now. `configs/hydra/default.yaml`
+  points such a run at its own dir through the resolvers registered here.
+- The schedule (epochs, batch size, training subset, max LR and the other one-cycle keys) must be
+  the one the run started with, since OneCycleLR's saved position only means something on it:
+  `check_same_schedule` compares configs before any work; `RunGuard` compares the checkpoint's
+  OneCycleLR state itself, for a checkpoint from outside a run dir.
+- `RunGuard`, a callback: SIGINT/SIGTERM save `last.ckpt` at a step boundary and stop; every
+  checkpoint carries the random generators' states, put back when training resumes.
+- The batch position inside an epoch is the DataModule's checkpoint state
+  (`data.cifar10.CIFAR10DataModule.state_dict`), the epoch Lightning's (`Batches.set_epoch`);
+  `last.ckpt` at every epoch's end is a `ModelCheckpoint` (`configs/callbacks/default.yaml`);
+  the exit codes 130 and 143 are `cli.run`'s.
+
+Lightning's own SIGTERM handling (2.6) stops at a step boundary too, but it leaves SIGINT to
+KeyboardInterrupt, raised wherever the step happens to be, and exits with 0 or 1: one handler for
+both signals keeps a saved state good and an exit code a scheduler can read (docs/design.md).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import random
+import signal
 import time
 from pathlib import Path
 
+import lightning as L
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.callbacks import AsyncCheckpointWrites
+from resnet_onecycle.errors import ConfigError, UserError
+from resnet_onecycle.framework import one_cycle_peak_step
+
+
+class DivergenceError(UserError):
+    """The loss became non-finite; the message names the step, the LR and the likely cause."""
+
+
+class TrainingInterrupted(Exception):
+    """Raised out of `Trainer.fit` once an interrupted run's last.ckpt is saved.
+
+    An exception, not `trainer.should_stop`: a stop mid-epoch would still run validation and
+    let ModelCheckpoint save over last.ckpt as if the epoch had ended.
+    """
+
+    def __init__(self, signal_name: str, checkpoint: Path) -> None:
+        super().__init__(f"interrupted by {signal_name}; saved {checkpoint}")
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        return Path(callback.dirpath) / "last.ckpt"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+class RunGuard(L.Callback):
+    """Stops a run only where its saved state is good, and puts a resumed run back exactly.
+
+    SIGINT (Ctrl-C) or SIGTERM (what SLURM sends before pre-emption) during training: the step in
+    flight finishes, `last.ckpt` is saved there (the batch order is resumable mid-epoch), and
+    TrainingInterrupted is raised out of `Trainer.fit`.
+
+    A non-finite loss stops the run with a DivergenceError naming the step and its LR. Losses stay
+    on the device and are read back only every `check_every_n_steps` steps, at the last step of
+    each epoch (before validation and checkpointing) and before an interrupt's save, so the guard
+    costs one host sync per check, and no checkpoint ever holds diverged weights.
+
+    Its state in every checkpoint is the random generators' (torch, numpy, python, CUDA), put back
+    when training resumes, so a resumed run draws the same augmentations as an uninterrupted one.
+    A checkpoint whose OneCycleLR state is another schedule than this run's is refused, naming
+    what differs.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self.interrupted: str | None = None
+        self.pending: list[tuple[int, int, float, torch.Tensor]] = []  # (step, epoch, lr, loss)
+        self.step_lr = float("nan")
+        self.previous_handlers: dict[int, object] = {}
+        self.rng_to_restore: dict | None = None
+        self.saved_schedule: dict | None = None
+
+    # --- signals ------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer, module) -> None:
+        restore_rng_states(self.rng_to_restore)
+        self.rng_to_restore = None
+        self.interrupted = None
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous_handlers[signum] = signal.getsignal(signum)
+                signal.signal(signum, self.handle_signal)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            self.previous_handlers = {}
+
+    def handle_signal(self, signum, frame) -> None:
+        self.interrupted = signal.Signals(signum).name
+
+    def restore_handlers(self) -> None:
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
+        self.previous_handlers = {}
+
+    def on_train_end(self, trainer, module) -> None:
+        self.restore_handlers()
+
+    def on_exception(self, trainer, module, exception) -> None:
+        self.restore_handlers()
+
+
+    # --- what a checkpoint holds ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rng_to_restore = state_dict  # put back when training starts, after model set-up drew from them
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint.get("optimizer_states")
+        if schedulers and optimizers and "total_steps" in schedulers[0]:
+            self.saved_schedule = schedule_of(schedulers[0], optimizers[0]["param_groups"][0])
+
+    def on_fit_start(self, trainer, module) -> None:
+        # After configure_optimizers, before Lightning loads the saved scheduler state over the new
+        # one: a state from another schedule would carry the old total_steps and fail later.
+        saved, self.saved_schedule = self.saved_schedule, None
+        if saved is None or not trainer.lr_scheduler_configs:
+            return
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        now = schedule_of(scheduler.state_dict(), scheduler.optimizer.param_groups[0])
+        differs = [f"{key} {saved[key]:.6g} in the checkpoint, {now[key]:.6g} now" for key in saved
+                   if saved[key] is not None and now[key] is not None
+                   and not math.isclose(saved[key], now[key], rel_tol=1e-9)]
+        if differs:
+            raise ConfigError(
+                "ckpt_path: the checkpoint's one-cycle schedule differs from this config's: " + "; ".join(differs)
+                + ". total_steps and peak_step follow trainer.max_epochs, data.batch_size, data.subset and "
+                "model.scheduler.peak_epoch; the LRs follow model.scheduler. Resume with the schedule the run started with."
+            )
+
+    # --- the check after every step -----------------------------------------------------------
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.step_lr = trainer.optimizers[0].param_groups[0]["lr"]  # the scheduler moves it after the step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # global_step already counts this step
+        self.pending.append((trainer.global_step - 1, trainer.current_epoch, self.step_lr, loss.detach()))
+        # Decide once, from one reading of the flag: a signal landing after this line waits for the
+        # next step, so that every process takes the same branch.
+        stop = self.interrupted is not None
+        if trainer.world_size > 1:
+            # Every process stops at the same step (the save is collective), whichever got the signal;
+            # one small all-reduce per step, as Lightning's own SIGTERM handling does under DDP.
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if len(self.pending) >= self.check_every_n_steps or last_of_epoch or stop:
+            self.check(trainer)
+        if stop:
+            path = last_checkpoint_path(trainer)
+            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, to resume from
+            raise TrainingInterrupted(self.interrupted or "SIGTERM", path)
+
+    def check(self, trainer) -> None:
+        pending, self.pending = self.pending, []
+        finite = torch.stack([loss.float() for *_, loss in pending]).isfinite().tolist()
+        if all(finite):
+            return
+        step, epoch, lr, loss = pending[finite.index(False)]
+        last = last_checkpoint_path(trainer)
+        writes = getattr(trainer.strategy, "checkpoint_io", None)
+        if isinstance(writes, AsyncCheckpointWrites):
+            writes.wait()  # a checkpoint still being written is there once this returns
+        kept = f"The last good checkpoint, {last}, is kept." if last.exists() else "No checkpoint was saved before it."
+        max_lr = trainer.optimizers[0].param_groups[0].get("max_lr", "?")  # set by OneCycleLR
+        raise DivergenceError(
+            f"Training diverged: the loss became {float(loss)} at step {step} (epoch {epoch}) with LR {lr:.4g}. "
+            f"The likely cause is a max LR too high for this model and batch size: lower model.scheduler.max_lr "
+            f"(now {max_lr}). {kept}"
+        )
+
+
+def schedule_of(scheduler_state: dict, param_group: dict) -> dict:
+    """What makes two OneCycleLR schedules the same, from its state and its param group."""
+    return {
+        "total_steps": scheduler_state["total_steps"],
+        "peak_step": one_cycle_peak_step(scheduler_state),
+        "max_lr": param_group.get("max_lr"),
+        "start_lr": param_group.get("initial_lr"),
+        "end_lr": param_group.get("min_lr"),
+    }
+
+
+def rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict | None) -> None:
+    if not states:
+        return
+    torch.set_rng_state(states["torch"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# --- the config side: which dir and which config a resumed run goes on with ----------------------------
 
 SCHEDULE_KEYS = (
     "trainer.max_epochs",
@@ -121,11 +331,12 @@ def check_same_schedule(cfg: DictConfig) -> None:
     if run is None:
         return  # not one of our run dirs: the LightningModule still compares the schedules it can see
     saved = saved_config(run)
-    differs = [
-        f"{key}: {OmegaConf.select(saved, key)!r} in the run, {OmegaConf.select(cfg, key)!r} now"
-        for key in SCHEDULE_KEYS
-        if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)
-    ]
+    def value(config: DictConfig, key: str):
+        # a key that a run's config predates is Lightning's default there
+        return OmegaConf.select(config, key, default=1 if key == "trainer.accumulate_grad_batches" else None)
+
+    differs = [f"{key}: {value(saved, key)!r} in the run, {value(cfg, key)!r} now"
+               for key in SCHEDULE_KEYS if value(saved, key) != value(cfg, key)]
     if differs:
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path!r}: resuming needs the run's own schedule, and this differs: "

@@ -56,23 +56,38 @@ def one_cycle(
 
 
 def check_one_cycle(
-    *, total_steps: int, steps_per_epoch: int, max_lr: float, peak_epoch: float, div_factor: float,
-    end_lr: float | None,
+    *, max_lr: float, peak_epoch: float = 5, div_factor: float = 10.0, end_lr: float | None = None,
+    epochs: int | None = None, total_steps: int | None = None, steps_per_epoch: int | None = None, **_,
 ) -> None:
-    """Raise ValueError naming the config key when a one-cycle schedule cannot be built."""
-    if not (isinstance(max_lr, (int, float)) and max_lr > 0):
-        raise ConfigError(f"model.scheduler.max_lr={max_lr!r} must be a positive number, e.g. 0.02.")
-    if not div_factor > 0:
+    """Raise ConfigError naming the config key when a one-cycle schedule cannot be built.
+
+    Training calls it with the scheduler's config and `epochs` (trainer.max_epochs) before any
+    work starts, where max_lr may still be `auto` (the LR range test picks it); `one_cycle` calls
+    it again with the steps, once the data is known.
+    """
+    if max_lr == "auto" and total_steps is None:
+        max_lr = float("inf")  # not known yet: the rest is checked without it
+    if isinstance(max_lr, bool) or not (isinstance(max_lr, (int, float)) and max_lr > 0):
+        raise ConfigError(f"model.scheduler.max_lr={max_lr!r} must be a number greater than 0 (or auto), "
+                          "e.g. model.scheduler.max_lr=0.02.")
+    if isinstance(div_factor, bool) or not (isinstance(div_factor, (int, float)) and div_factor > 0):
         raise ConfigError(f"model.scheduler.div_factor={div_factor!r} must be positive (10 starts at max_lr/10).")
     if end_lr is not None and not 0 <= end_lr <= max_lr:
         raise ConfigError(
             f"model.scheduler.end_lr={end_lr!r} must lie in [0, max_lr={max_lr}]; "
             "null comes back to the starting LR, max_lr/div_factor."
         )
-    epochs = total_steps / steps_per_epoch
-    if not 0 < peak_epoch * steps_per_epoch < total_steps - 1:
+    if isinstance(peak_epoch, bool) or not (isinstance(peak_epoch, (int, float)) and peak_epoch > 0):
+        raise ConfigError(f"model.scheduler.peak_epoch={peak_epoch!r} must be a number greater than 0, "
+                          "e.g. model.scheduler.peak_epoch=5.")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= peak_epoch):
         raise ConfigError(
-            f"model.scheduler.peak_epoch={peak_epoch!r} must lie strictly inside the run's {epochs:g} epochs "
-            f"({total_steps} steps of which {steps_per_epoch} per epoch), so that both the warm-up and "
+            f"trainer.max_epochs={epochs!r} must be a whole number greater than model.scheduler.peak_epoch={peak_epoch}: "
+            "the one-cycle LR needs epochs after its peak to come down. Lower peak_epoch or raise max_epochs."
+        )
+    if total_steps is not None and steps_per_epoch is not None and not 0 < peak_epoch * steps_per_epoch < total_steps - 1:
+        raise ConfigError(
+            f"model.scheduler.peak_epoch={peak_epoch!r} must lie strictly inside the run's {total_steps / steps_per_epoch:g} "
+            f"epochs ({total_steps} steps of which {steps_per_epoch} per epoch), so that both the warm-up and "
             "the way down last at least one step: lower peak_epoch or raise trainer.max_epochs."
         )

@@ -1,4 +1,5 @@
-"""A sweep at a glance: one row per job with its swept values, accuracy, loss, time and status."""
+"""A sweep at a glance: one row per job with its swept values, accuracy, loss, time and status,
+written by the Hydra callback `SweepSummary` when a multirun ends."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import csv
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 COLUMNS = ("status", "test_acc", "best_acc", "test_loss", "wall_time_s")
 
@@ -131,3 +135,21 @@ def write_summary(sweep_dir: Path) -> tuple[list[str], list[dict]]:
         write_markdown(sweep_dir / "summary.md", sweep_dir, swept, rows)
         plot(sweep_dir / "summary.png", swept, rows)
     return swept, rows
+
+
+class SweepSummary(Callback):
+    """When a multirun ends: summary.csv, summary.md and summary.png in the sweep dir.
+
+    The process then exits with 1 if any job did not complete, so a script sees the failure.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        _, rows = write_summary(sweep_dir)
+        failed = [r["job"] for r in rows if r["status"] != "completed"]
+        print(f"Sweep summary: {sweep_dir / 'summary.md'} ({len(rows)} jobs, {len(failed)} not completed)")
+        if failed:
+            print(f"error: jobs {failed} did not complete; see {sweep_dir / 'summary.md'}", file=sys.stderr)
+            sys.exit(1)

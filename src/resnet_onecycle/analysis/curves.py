@@ -16,14 +16,14 @@ def read_scalars(tensorboard_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def schedule_lrs(scheduler_cfg, epochs: int, steps_per_epoch: int) -> list[float]:
-    """The LR of every training step, from the run's own one-cycle config: the schedule itself,
-    not the logged samples (TensorBoard has the LR every `trainer.log_every_n_steps` steps)."""
+def schedule_lrs(scheduler_factory, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The LR of every training step, from the run's own scheduler (the module's partial): the
+    schedule itself, not the logged samples (TensorBoard has the LR every `trainer.log_every_n_steps`
+    steps)."""
     import torch
-    from hydra.utils import instantiate
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = instantiate(scheduler_cfg)(optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    scheduler = scheduler_factory(optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
     lrs = []
     for _ in range(epochs * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])

@@ -1,55 +1,74 @@
-"""report.md: the run's final metrics, its recipe in one table, and its pictures (relative links)."""
+"""report.md: the run's final metrics, its recipe in one table, and its pictures (relative links).
+
+The recipe is read from the objects that ran it (the trainer, the module and its partials, the
+DataModule), not from config key paths, so it cannot drift from what ran.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+import inspect
+
+from lightning.pytorch.callbacks import WeightAveraging
 
 
 def number(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def recipe_rows(cfg: DictConfig, parameters: int) -> list[tuple[str, str]]:
-    get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
-    sched, opt, data = get("model.scheduler", {}), get("model.optimizer", {}), get("data", {})
-    start = sched.get("max_lr", 0) / sched.get("div_factor", 10) if isinstance(sched.get("max_lr"), (int, float)) else "?"
-    end = sched.get("end_lr") if sched.get("end_lr") is not None else start
-    crop = f"random crop after {data.get('crop_padding')}-pixel {data.get('padding_mode')} padding"
-    augment = [crop if data.get("crop_padding") else None,
-               "horizontal flip" if data.get("flip") else None,
-               f"cutout {data.get('cutout_size')}x{data.get('cutout_size')}" if data.get("cutout_size") else None]
+def arguments(factory) -> dict:
+    """A partial's arguments, its callable's defaults filled in."""
+    bound = inspect.signature(factory.func).bind_partial(**factory.keywords)
+    bound.apply_defaults()
+    return {**bound.arguments, **bound.arguments.get("kwargs", {})}
+
+
+def averaged_weights(trainer) -> str | None:
+    averaging = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
+    decay = getattr(averaging, "decay", None)
+    return None if averaging is None else "exponential moving average" + (f", decay {decay}" if decay else "")
+
+
+def recipe_rows(trainer, module, weights: str | None = None) -> list[tuple[str, str]]:
+    data, net = trainer.datamodule.hparams, module.net
+    opt, sched = arguments(module.optimizer_factory), arguments(module.scheduler_factory)
+    start = sched["max_lr"] / sched["div_factor"]
+    end = sched["end_lr"] if sched["end_lr"] is not None else start
+    parameters = sum(p.numel() for p in net.parameters())
+    crop = f"random crop after {data.crop_padding}-pixel {data.padding_mode} padding"
+    augment = [crop if data.crop_padding else None, "horizontal flip" if data.flip else None,
+               f"cutout {data.cutout_size}x{data.cutout_size}" if data.cutout_size else None]
     return [
-        ("model", f"MixedResNet, width {get('model.net.width')}, {parameters:,} parameters"),
+        ("model", f"{type(net).__name__}, width {getattr(net, 'width', '?')}, {parameters:,} parameters"),
         ("optimizer", f"SGD, momentum {opt.get('momentum')}, nesterov {opt.get('nesterov')}, "
                       f"weight decay {opt.get('weight_decay')}"),
-        ("LR schedule", f"one-cycle ({sched.get('anneal_strategy')}): {number(start)} -> {number(sched.get('max_lr'))} "
-                        f"at the end of epoch {sched.get('peak_epoch')} -> {number(end)}, "
-                        f"momentum cycled: {sched.get('cycle_momentum')}"),
-        ("loss", f"cross-entropy on the logits x {number(get('model.net.logit_scale', 1.0))}, "
-                 f"label smoothing {number(get('model.label_smoothing', 0.0))}"),
-        ("test-time augmentation", {"flip": "flip: each image's logits averaged with its mirror's"}.get(
-            get("model.tta", "none"), "none")),
-        ("weights", f"exponential moving average, decay {get('callbacks.ema.decay')}" if get("callbacks.ema")
-         else "as trained (no averaging)"),
-        ("batch size / epochs", f"{data.get('batch_size')} / {get('trainer.max_epochs')}"),
+        ("LR schedule", f"one-cycle ({sched['anneal_strategy']}): {number(start)} -> {number(sched['max_lr'])} "
+                        f"at the end of epoch {sched['peak_epoch']} -> {number(end)}, "
+                        f"momentum cycled: {sched['cycle_momentum']}"),
+        ("loss", f"cross-entropy on the logits x {number(getattr(net, 'logit_scale', 1.0))}, "
+                 f"label smoothing {number(module.hparams.label_smoothing)}"),
+        ("test-time augmentation", "flip: each image's logits averaged with its mirror's"
+         if module.hparams.tta == "flip" else "none"),
+        ("weights", weights or averaged_weights(trainer) or "as trained (no averaging)"),
+        ("batch size / epochs", f"{data.batch_size} / {trainer.max_epochs}"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
-        ("precision", str(get("trainer.precision"))),
-        ("data", f"{data.get('source')}" + (f" (training subset {data.get('subset')})" if data.get("subset") else "")),
-        ("seed", str(get("seed"))),
+        ("precision", str(trainer.precision)),
+        ("data", f"{data.source}" + (f" (training subset {data.subset})" if data.subset else "")),
+        ("seed", str(data.seed)),
     ]
 
 
-def write_report(path, title: str, metrics: dict, cfg: DictConfig, parameters: int, classes,
-                 class_accuracy: list[float], pictures: dict[str, str], gradcam_layer: str) -> None:
+def write_report(path, title: str, metrics: dict, trainer, module, class_accuracy: dict[str, float],
+                 pictures: dict[str, str], gradcam_layer: str, weights: str | None = None) -> None:
     lines = [f"# {title}", ""]
-    test_subset = OmegaConf.select(cfg, "data.test_subset")
+    test_subset = trainer.datamodule.hparams.test_subset
     if test_subset:
         lines += [f"Test metrics on a fixed random subset of {test_subset} test images (`data.test_subset`), "
                   "not the whole test split.", ""]
     lines += ["| metric | value |", "| --- | --- |"]
     for key, value in metrics.items():
         lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    lines += ["", "## Recipe", "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in recipe_rows(cfg, parameters)]
+    lines += ["", "## Recipe", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in recipe_rows(trainer, module, weights)]
     sections = {
         "curves": ("Training curves", "Loss and accuracy per epoch; the learning rate of every step, from the "
                                       "run's one-cycle schedule."),
@@ -61,5 +80,5 @@ def write_report(path, title: str, metrics: dict, cfg: DictConfig, parameters: i
         heading, text = sections[key]
         lines += ["", f"## {heading}", "", text, "", f"![{heading}]({file})"]
     lines += ["", "## Per-class accuracy", "", "| class | accuracy |", "| --- | --- |"]
-    lines += [f"| {name} | {acc:.4f} |" for name, acc in zip(classes, class_accuracy)]
+    lines += [f"| {name} | {acc:.4f} |" for name, acc in class_accuracy.items()]
     path.write_text("\n".join(lines) + "\n")

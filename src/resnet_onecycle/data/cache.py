@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_onecycle.data.sources import LAYOUTS, SPLITS, DataSourceError, Split, load_source
+from resnet_onecycle.data.sources import SPLITS, Split, check_source, load_source
 
 CACHE_VERSION = 1
 
@@ -23,9 +23,7 @@ CACHE_VERSION = 1
 def source_identity(source: str) -> dict:
     if source == "download":
         return {"source": "download", "version": CACHE_VERSION}
-    path = Path(source).expanduser().resolve()
-    if not path.exists():
-        raise DataSourceError(f"data.source={source!r}: no such file or folder ({path}). {LAYOUTS}")
+    path = check_source(source).resolve()
     if path.is_dir():  # a folder's own mtime misses changes deeper down: fingerprint every file
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file()):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import torch
 
 from resnet_onecycle.data.augment import augment, normalize
 from resnet_onecycle.data.cache import load_cached
-from resnet_onecycle.data.sources import CLASSES
+from resnet_onecycle.data.sources import CLASSES, check_source
 from resnet_onecycle.errors import ConfigError
 
 
@@ -20,26 +20,29 @@ class Batches:
     Lightning reads `len()` for the number of steps. With `world_size` > 1 every process takes
     its share of the same global batch, so steps per epoch do not depend on the process count.
 
-    `first_batch(epoch)` says where an epoch starts: 0, or past the batches a checkpoint saved
-    mid-epoch had already done (the order depends on seed and epoch only, so that is all it takes).
+    Resumable mid-epoch: `position()` is the epoch and the batches served in it, and with
+    `resume_at` set to a saved position the next iteration of that epoch skips what was served
+    (the order depends on seed and epoch only). Lightning gives the epoch to `sampler.set_epoch`
+    at each epoch's start, as it does for a DistributedSampler. (Lightning's own stateful-loader
+    protocol would hand a checkpoint's state only to a loader built after the restore, and the
+    first one, built to count the steps, comes before: the DataModule carries the position.)
     """
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-        seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1,
-        first_batch: Callable[[int], int] = lambda epoch: 0,
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
-        self.rank, self.world_size, self.first_batch = rank, world_size, first_batch
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        # Where Lightning looks for `set_epoch`, as on a DataLoader (whose batch_sampler it reads too).
+        self.sampler, self.batch_sampler = self, None
+        self.epoch, self.served = 0, 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches served) from a checkpoint
 
-    # Lightning checks for these to know the loader resumes mid-epoch; the position itself is the
-    # DataModule's state, which Lightning restores before it builds any loader.
-    def state_dict(self) -> dict:
-        return {}
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.served}
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -47,13 +50,15 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         if self.shuffle:  # the order depends on (seed, epoch) only, so a resumed run sees the same batches
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(n, generator=generator).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
-        first = self.first_batch(self.epoch()) * self.batch_size
-        for start in range(first, n, self.batch_size):
+        resume_at, self.resume_at = self.resume_at, None
+        self.served = resume_at[1] if resume_at is not None and resume_at[0] == self.epoch else 0
+        for start in range(self.served * self.batch_size, n, self.batch_size):
             index = order[start:start + self.batch_size][self.rank::self.world_size]
+            self.served += 1  # counted before the batch is handed over: a checkpoint after its step includes it
             yield self.images[index], self.labels[index]
 
 
@@ -101,12 +106,14 @@ class CIFAR10DataModule(L.LightningDataModule):
         if padding_mode == "reflect" and crop_padding >= 32:
             raise ConfigError(f"data.crop_padding={crop_padding} is too wide to reflect a 32x32 image: use 0..31, "
                               "or data.padding_mode=constant or replicate.")
+        check_source(str(source))  # before anything is read: a missing source is a one-line error
         self.save_hyperparameters(logger=False)
         self.source, self.data_dir = str(source), str(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        self.train_batches: Batches | None = None
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches served) from a checkpoint
 
     def prepare_data(self) -> None:
         load_cached(self.source, self.data_dir)  # decodes the source into the cache once
@@ -147,33 +154,26 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.move_to(trainer.strategy.root_device)
         images, labels = self.splits[split]
         train = split == "train"
-        return Batches(
-            images, labels, self.batch_size if train else self.eval_batch_size, shuffle=train,
-            seed=self.hparams.seed, epoch=lambda: trainer.current_epoch if trainer is not None else 0,
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            first_batch=self.first_batch if train else lambda epoch: 0,
+        batches = Batches(
+            images, labels, self.batch_size if train else self.eval_batch_size, shuffle=train, seed=self.hparams.seed,
+            rank=trainer.global_rank if trainer is not None else 0, world_size=trainer.world_size if trainer is not None else 1,
         )
+        if train:
+            batches.resume_at, self.resume_at = self.resume_at, None
+            self.train_batches = batches
+        return batches
 
-    # --- resuming mid-epoch -------------------------------------------------------------------
-
+    # Resume: saved in every checkpoint and restored by Lightning before training starts.
     def state_dict(self) -> dict:
-        """Saved in every checkpoint: the epoch and how many of its training batches are done."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        return {"epoch": trainer.current_epoch, "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        """Where the training batches stand: the epoch and the batches served in it."""
+        return self.train_batches.position() if self.train_batches is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.resume_at = (state["epoch"], state["batches_done"]) if state else None
-
-    def first_batch(self, epoch: int) -> int:
-        """Where `epoch` starts: past the batches done before a mid-epoch checkpoint, else 0."""
-        resume_at = self.resume_at
-        if resume_at is None or resume_at[0] != epoch:
-            return 0
-        self.resume_at = None
-        return resume_at[1]
+        resume_at = (state["epoch"], state["batches_done"]) if state else None
+        if self.train_batches is not None:  # built already, to count the steps
+            self.train_batches.resume_at = resume_at
+        else:
+            self.resume_at = resume_at
 
     def train_dataloader(self) -> Batches:
         return self.batches("train")

@@ -33,8 +33,27 @@ LAYOUTS = (
     "or a folder or .tar.gz laid out train|test/<class>/*.png|jpg with the ten CIFAR-10 class folders "
     "(airplane ... truck). The official archive is cifar-10-python.tar.gz from "
     "https://www.cs.toronto.edu/~kriz/cifar.html; offline, copy it (or an image copy) to this machine "
-    "and name it, e.g. data.source=$HOME/datasets/cifar-10-python.tar.gz"
+    "and name it, e.g. data.source={example}"
 )
+
+
+def accepted_sources(failed: str | None = None) -> str:
+    """What data.source accepts, with an example path other than the one that just failed."""
+    example = "$HOME/datasets/cifar-10-python.tar.gz"
+    if failed and Path(failed).expanduser() == Path(example.replace("$HOME", str(Path.home()))):
+        example = "/data/cifar-10-python.tar.gz"
+    return LAYOUTS.format(example=example)
+
+
+def check_source(source: str) -> Path | None:
+    """The source's path (None for `download`); a DataSourceError when there is nothing there."""
+    if source == "download":
+        return None
+    path = Path(source).expanduser()
+    if not source or not path.exists():
+        raise DataSourceError(f"data.source={source!r}: no such file or folder ({path.resolve()}). "
+                              + accepted_sources(source))
+    return path
 
 
 @dataclass
@@ -45,16 +64,14 @@ class Split:
 
 def load_source(source: str, data_dir: Path) -> dict[str, Split]:
     """Read the whole source into memory, checking every image; raises DataSourceError."""
-    if source == "download":
+    path = check_source(source)
+    if path is None:
         return load_download(data_dir)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataSourceError(f"data.source={source!r}: no such file or folder ({path.resolve()}). {LAYOUTS}")
     if path.is_dir():
         return load_dir(path, source)
     if tarfile.is_tarfile(path):
         return load_tar(path, source)
-    raise DataSourceError(f"data.source={source!r} is a file but not a readable .tar.gz archive. {LAYOUTS}")
+    raise DataSourceError(f"data.source={source!r} is a file but not a readable .tar.gz archive. {accepted_sources(source)}")
 
 
 def load_download(data_dir: Path) -> dict[str, Split]:
@@ -66,7 +83,8 @@ def load_download(data_dir: Path) -> dict[str, Split]:
     except Exception as error:  # noqa: BLE001 - any failure here means "no network and no local copy"
         raise DataSourceError(
             f"data.source=download could not fetch CIFAR-10 into data.data_dir={str(data_dir)!r} "
-            f"({type(error).__name__}: {error}). Without the network, point data.source at a local copy. {LAYOUTS}"
+            f"({type(error).__name__}: {error}). Without the network, point data.source at a local copy. "
+            + accepted_sources()
         ) from error
     return load_dir(data_dir / "cifar-10-batches-py", "download")
 
@@ -211,5 +229,6 @@ def load_files(files: dict, read, source: str, kind: str) -> dict[str, Split]:
         return read_batches(lambda name: read(files[root + name]), source)
     root = image_root(names)
     if root is None:
-        raise DataSourceError(f"data.source={source!r}: the {kind} holds neither train/ and test/ nor python batches. {LAYOUTS}")
+        raise DataSourceError(f"data.source={source!r}: the {kind} holds neither train/ and test/ nor python batches. "
+                              + accepted_sources(source))
     return read_images(files, read, root, source)

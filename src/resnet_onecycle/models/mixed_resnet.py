@@ -48,12 +48,12 @@ class MixedResNet(nn.Module):
 
     def __init__(self, width: float = 1.0, num_classes: int = 10, logit_scale: float = 1.0) -> None:
         super().__init__()
-        if not width > 0:
-            raise ConfigError(f"model.net.width={width!r} must be a positive number (1.0 is the seed's network).")
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+            raise ConfigError(f"model.net.width={width!r} must be a number greater than 0 (1.0 is the seed's network).")
         if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not logit_scale > 0:
             raise ConfigError(f"model.net.logit_scale={logit_scale!r} must be a positive number (1.0: off; "
                               "cifar10-fast uses 0.125).")
-        self.logit_scale = float(logit_scale)
+        self.width, self.logit_scale = width, float(logit_scale)
         c = [max(1, round(n * width)) for n in (64, 128, 256, 512)]
         self.prep = nn.Sequential(*conv_bn_relu(3, c[0]))
         self.layer1 = BasicBlock(c[0], c[1], residual=True)

@@ -1,4 +1,4 @@
-"""What a run records about itself: provenance, metrics.json, hparams, and the config checks."""
+"""What a run writes about itself: metrics.json, its provenance, and its HParams entry in TensorBoard."""
 
 from __future__ import annotations
 
@@ -17,49 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-from resnet_onecycle.data.sources import LAYOUTS
-from resnet_onecycle.errors import ConfigError, DataSourceError
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse values that cannot work before any data is read or any model built."""
-    positive = {  # key: (whole numbers only, the recipe's value as an example)
-        "trainer.max_epochs": (True, 40),
-        "data.batch_size": (True, 512),
-        "model.scheduler.max_lr": (False, 0.02),  # or `auto`: the LR range test picks it
-        "model.net.width": (False, 1.0),
-        "model.scheduler.peak_epoch": (False, 5),
-    }
-    for key, (whole, example) in positive.items():
-        value = OmegaConf.select(cfg, key)
-        if key == "model.scheduler.max_lr" and value == "auto":
-            continue
-        if not is_number(value) or (whole and not isinstance(value, int)) or value <= 0:
-            what = "a whole number" if whole else "a number"
-            also = " (or auto)" if key == "model.scheduler.max_lr" else ""
-            raise ConfigError(f"{key}={value!r} must be {what} greater than 0{also}, e.g. {key}={example}.")
-    epochs, peak = cfg.trainer.max_epochs, cfg.model.scheduler.peak_epoch
-    if peak >= epochs:
-        raise ConfigError(
-            f"model.scheduler.peak_epoch={peak} must be smaller than trainer.max_epochs={epochs}: "
-            "the one-cycle LR needs epochs after its peak to come down. Lower peak_epoch or raise max_epochs."
-        )
-    if OmegaConf.select(cfg, "trainer.sync_batchnorm") and OmegaConf.select(cfg, "trainer.accelerator") == "cpu":
-        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); "
-                          "with trainer.accelerator=cpu set trainer.sync_batchnorm=false.")
-    source = str(OmegaConf.select(cfg, "data.source"))
-    if source != "download" and not Path(source).expanduser().exists():
-        where = Path(source).expanduser().resolve()
-        raise DataSourceError(f"data.source={source!r}: no such file or folder ({where}). {LAYOUTS}")
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file.")
-    if "test_ckpt" in cfg and cfg.test_ckpt not in ("last", "best"):
-        raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r} must be `last` or `best`.")
+from resnet_onecycle.framework import tensorboard_writer
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -94,11 +52,6 @@ def provenance(cfg: DictConfig) -> dict:
     }
 
 
-def instantiate_group(cfg: DictConfig | None) -> list:
-    """Callbacks or loggers: every entry with a `_target_` (null entries switch one off)."""
-    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
-
-
 def flat_hparams(cfg: DictConfig) -> dict:
     """The resolved config as flat `a.b.c` keys, minus paths, for TensorBoard's HParams tab."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -120,7 +73,7 @@ def write_hparams(logger: TensorBoardLogger, params: dict, metrics: dict) -> Non
 
     (Lightning's `log_hyperparams(params, metrics)` would log those metrics a second time, at step 0.)
     """
-    writer = logger.experiment._get_file_writer()
+    writer = tensorboard_writer(logger)
     for summary in hparams(params, metrics):
         writer.add_summary(summary)
     writer.flush()

@@ -1,0 +1,31 @@
+"""Every reach into a framework's private API, one small function each.
+
+None of these has a public equivalent in lightning 2.6 or torch 2.x; if a release renames one,
+this file is the only place to mend.
+"""
+
+from __future__ import annotations
+
+
+def tensorboard_writer(logger):
+    """The TensorBoard logger's file writer, to add the HParams summaries by hand: Lightning's
+    `log_hyperparams(params, metrics)` would log the final metrics a second time, at step 0."""
+    return logger.experiment._get_file_writer()
+
+
+def one_cycle_peak_step(scheduler_state: dict) -> int:
+    """The step at which a saved OneCycleLR state peaks: its state holds no public `pct_start`."""
+    return round(scheduler_state["_schedule_phases"][0]["end_step"])
+
+
+def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
+    """torch.compile's counts: graphs compiled (recompiles included), graph breaks, and the times
+    CUDA graphs were skipped. Process-wide: with `since`, an earlier reading, those since then.
+    Empty where this torch does not keep them (torch keeps them in `torch._dynamo` only)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    now = {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+    return {key: value - (since or {}).get(key, 0) for key, value in now.items()}
