@@ -13,16 +13,14 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from resnet_onecycle.framework import keep_average_on
+
 
 class LearningRates(L.Callback):
-    """The LR and momentum of every param group, every `trainer.log_every_n_steps` steps, under
-    Lightning's LearningRateMonitor names (`lr-SGD`, `lr-SGD-momentum`; `.../pgN` with several groups).
-
-    LearningRateMonitor (Lightning 2.6) also puts each value into `trainer.callback_metrics` as a
-    tensor on the device (Lightning-AI/pytorch-lightning#17626): on a GPU, a copy from host memory
-    that waits for every queued kernel. On an H200 that was 0.2 stream syncs per training step at
-    the 10-step interval, the only ones in the step. This reads the optimizer's floats only.
-    """
+    """Lightning's LearningRateMonitor values (`lr-SGD`, `lr-SGD-momentum`, every
+    `trainer.log_every_n_steps` steps), read from the optimizer's floats: the monitor also copies
+    each to the device as a tensor, a host sync on a GPU (Lightning-AI/pytorch-lightning#17626;
+    benchmarks/RESULTS.md)."""
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if (trainer.global_step + 1) % trainer.log_every_n_steps or not trainer.loggers:
@@ -42,41 +40,29 @@ class LearningRates(L.Callback):
 
 
 class WeightAveraging(EMAWeightAveraging):
-    """Lightning's EMAWeightAveraging, with the average kept where the training steps run.
-
-    Lightning builds the average in `setup`, before the strategy moves the module to its device,
-    so by default it would live in host memory and copy every weight off the GPU after each step.
-    Validation, the final test, the analysis and the checkpoints' `state_dict` (what eval.py reads)
-    then hold the averaged weights; the raw ones travel in the checkpoint for resume.
-    """
+    """Lightning's EMAWeightAveraging with the average on the training device: Lightning builds it
+    in `setup`, before the module moves, so it would live in host memory and copy every weight off
+    the GPU each step. Validation, the test, the analysis and the checkpoints' `state_dict` hold the
+    average; the raw weights travel in the checkpoint for resume."""
 
     def __init__(self, decay: float = 0.999, **kwargs) -> None:
         super().__init__(decay=decay, **kwargs)
         self.decay = decay  # for the report: Lightning keeps it inside its averaging function only
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if self._device is None:  # Lightning's constructor argument, read in its setup
-            self._device = trainer.strategy.root_device
+        keep_average_on(self, trainer.strategy.root_device)
         super().setup(trainer, pl_module, stage)
 
 
 class AsyncCheckpointWrites(TorchCheckpointIO):
-    """Checkpoints written by a background thread, so that an epoch's end does not wait for
-    serialization and the disk (two ~53 MB files in an epoch whose val/acc improves).
+    """Checkpoints written by a background thread, so an epoch's end does not wait for them.
 
-    The calling thread takes the copy: the file holds the weights of the moment it was asked for,
-    whatever training does next. CUDA tensors are copied into pinned host memory without waiting,
-    queued on the stream behind the step that made them; the writer waits for that copy on a CUDA
-    event, which lets go of the GIL. (Left to `torch.save` on the writer thread, each of the ~100
-    tensors would be copied by a storage copy that holds the GIL until the GPU reaches it: on an
-    H200 the training steps of an epoch took 0.13-0.39 s longer with those writes than without
-    checkpoints.)
-
-    Writes, then removals, run one at a time in the order they were asked for, so
-    ModelCheckpoint's top-k clean-up never deletes a file whose write is still queued
-    (Lightning's own AsyncCheckpointIO removes at once: Lightning-AI/pytorch-lightning#14035).
-    A load, and the end of every fit / test, wait for the queued writes; an error in a write is
-    raised on the next call.
+    The calling thread takes the copy, so a file holds the weights of the moment it was asked for;
+    CUDA tensors go to pinned host memory without waiting, and the writer waits on a CUDA event,
+    which lets go of the GIL (`torch.save` on the writer would hold it while each copy waits for
+    the GPU). Writes, then removals, run one at a time in order, so ModelCheckpoint never deletes
+    a file still queued (unlike Lightning's AsyncCheckpointIO, Lightning-AI/pytorch-lightning#14035).
+    Loads and the end of every fit / test wait for the queue; a failed write raises on the next call.
     """
 
     def __init__(self) -> None:
@@ -129,14 +115,9 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
         self.write_file(snapshot, path, storage_options)
 
     def write_file(self, checkpoint: dict, path, storage_options=None) -> None:
-        """`torch.save` straight into the file. Lightning's own save pickles into a `BytesIO` and
-        copies that out again: two copies of the whole file made while holding the GIL, during
-        which the training loop cannot run Python. Here the tensors' bytes go out in system calls
-        that let go of it: on a 2-core CPU, two 53 MB checkpoints an epoch held a loop of small
-        tensor ops back 13-14 ms against 41-43 ms (benchmarks/checkpoint_writes.py). The file is written
-        next to its target and replaces it once complete, so an interrupted or failed write
-        leaves the checkpoint before it whole, as Lightning's fsspec transaction does. A remote
-        path (`s3://...`) or storage options go through Lightning's save."""
+        """`torch.save` straight into a file beside the target, which replaces it once complete:
+        Lightning's save pickles into a `BytesIO` and copies it out, holding the GIL through both
+        (benchmarks/checkpoint_writes.py). Remote paths and storage options go through Lightning's."""
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)

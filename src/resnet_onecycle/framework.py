@@ -29,3 +29,10 @@ def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
     now = {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
     return {key: value - (since or {}).get(key, 0) for key, value in now.items()}
+
+
+def keep_average_on(averaging, device) -> None:
+    """Where Lightning's WeightAveraging keeps its average, unless given: its `device` argument,
+    which only the strategy knows once the callback is built."""
+    if averaging._device is None:
+        averaging._device = device

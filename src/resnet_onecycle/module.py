@@ -15,23 +15,16 @@ from torchmetrics.utilities import dim_zero_cat
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.models import TTA_MODES, FlipAveraged, flip_averaged
 
-# torch.compile's modes, and `cudagraphs`: its backend of that name (CUDA graphs of the eager
-# kernels, no code generated: on an H100 a 12 s start-up against 34-39 s for inductor's modes,
-# epochs between eager's and reduce-overhead's; benchmarks/RESULTS.md)
+# torch.compile's modes, and `cudagraphs`, its backend of that name: CUDA graphs of the eager
+# kernels, a third of inductor's start-up (benchmarks/RESULTS.md)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # those that capture CUDA graphs
 
 
 def compile_mode(setting: bool | str, device_type: str = "cpu") -> str | None:
-    """The torch.compile mode that `model.compile` asks for on a device of this type, or None for
-    no compilation; an unknown value is refused when the model is built, before any data is read.
-
-    `true` is the mode measured fastest here: on a GPU, `reduce-overhead` (CUDA graphs), whose
-    replays take the host's per-kernel launch work off the step (median seed epoch 0.57 s
-    against 0.77-0.84 s with torch's default mode on an H200 and an H100, benchmarks/RESULTS.md);
-    elsewhere torch's `default`. A mode name is used as it is; `cudagraphs` is not one of
-    torch.compile's modes but its backend of that name.
-    """
+    """The torch.compile mode `model.compile` asks for on this device type, or None. `true` is the
+    mode measured fastest: `reduce-overhead` (CUDA graphs) on a GPU, `default` elsewhere
+    (benchmarks/RESULTS.md)."""
     if setting is True:
         return "reduce-overhead" if device_type == "cuda" else "default"
     if setting is False:
@@ -43,9 +36,8 @@ def compile_mode(setting: bool | str, device_type: str = "cpu") -> str | None:
 
 
 def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
-    """`fn` through torch.compile in the mode `model.compile` asks for on this device type, with
-    static shapes: each batch size (a full batch, an epoch's last smaller one) gets its own graph,
-    specialized for it, rather than one graph for any size."""
+    """`fn` through torch.compile with static shapes: a graph per batch size (a full batch, an
+    epoch's last), what CUDA graphs capture, rather than one for any size."""
     mode = compile_mode(setting, device_type)
     if mode == "cudagraphs":
         return torch.compile(fn, backend="cudagraphs", dynamic=False)
@@ -53,14 +45,9 @@ def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
 
 
 class EpochStats(Metric):
-    """Mean cross-entropy and accuracy over an epoch, kept on the device and gathered across processes.
-
-    It gives what MeanMetric and MulticlassAccuracy(average="micro") give. A step adds two kernels
-    (argmax, ==) and keeps the batch's loss as an expanded view of it, one value per image, which
-    launches nothing; `compute` concatenates and averages once an epoch. On a GPU every kernel is
-    a launch, host time that a host-bound training step pays for: those two metrics take 64 aten
-    ops a step, summing into tensor states took 7 kernels (benchmarks/RESULTS.md).
-    """
+    """Mean cross-entropy and accuracy over an epoch, on the device, gathered across processes:
+    what MeanMetric and MulticlassAccuracy give, in two kernels a step (argmax, ==; the loss kept
+    as an expanded view) against their 64 aten ops, each a launch on a GPU (benchmarks/RESULTS.md)."""
 
     full_state_update = False
 
