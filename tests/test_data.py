@@ -225,20 +225,6 @@ def test_shuffled_order_depends_on_seed_and_epoch_only():
     assert not torch.equal(first, order(1, epoch=1))
 
 
-def test_a_restored_position_skips_the_batches_served_in_that_epoch_only():
-    images = torch.arange(100).view(100, 1)
-    batches = Batches(images, torch.zeros(100), 16, True, seed=3)
-    full = [x for x, _ in batches]
-    assert batches.position() == {"epoch": 0, "batches_done": 7}
-    batches.resume_at = (0, 5)  # a checkpoint saved after 5 batches of epoch 0
-    resumed = [x for x, _ in batches]
-    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(resumed, full[5:]))
-    assert batches.position() == {"epoch": 0, "batches_done": 7}
-    batches.resume_at = (0, 5)
-    batches.set_epoch(1)  # a position saved in another epoch is not this one's
-    assert len(list(batches)) == 7
-
-
 def test_shards_of_a_global_batch_cover_it_once():
     images = torch.arange(50).view(50, 1)
     shards = [list(Batches(images, torch.zeros(50), 10, True, 0, rank=r, world_size=2)) for r in range(2)]

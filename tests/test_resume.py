@@ -227,3 +227,19 @@ def test_the_schedule_keys_resume_compares_are_keys_of_the_config(tmp_path):
     cfg = compose_train([], tmp_path)
     missing = object()
     assert [key for key in SCHEDULE_KEYS if OmegaConf.select(cfg, key, default=missing) is missing] == []
+
+
+def test_a_restored_position_skips_the_batches_served_in_that_epoch_only():
+    from resnet_onecycle.data import Batches
+
+    images = torch.arange(100).view(100, 1)
+    batches = Batches(images, torch.zeros(100), 16, True, seed=3)
+    full = [x for x, _ in batches]
+    assert batches.position() == {"epoch": 0, "batches_done": 7}
+    batches.resume_at = (0, 5)  # a checkpoint saved after 5 batches of epoch 0
+    resumed = [x for x, _ in batches]
+    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(resumed, full[5:]))
+    assert batches.position() == {"epoch": 0, "batches_done": 7}
+    batches.resume_at = (0, 5)
+    batches.set_epoch(1)  # a position saved in another epoch is not this one's
+    assert len(list(batches)) == 7

@@ -92,11 +92,11 @@ def run_summary(trainer: L.Trainer, datamodule, cfg: DictConfig, status: str, st
         "wall_time_s": round(time.perf_counter() - start, 2),
         "device": device_name(trainer),
         "precision": str(trainer.precision),
-        "data_source": str(cfg.data.source),
+        "data_source": datamodule.source,
         "train_images": len(datamodule.splits["train"][1]) if datamodule.splits else None,
         "test_images": len(datamodule.splits["test"][1]) if datamodule.splits else None,
         "resumed_from": cfg.get("ckpt_path"),
-        "tta": OmegaConf.select(cfg, "model.tta", default="none"),
+        "tta": trainer.lightning_module.hparams.tta,
         "averaged_weights": any(isinstance(c, WeightAveraging) for c in trainer.callbacks),
         **provenance(cfg),
     }
