@@ -284,6 +284,8 @@ def run(task: Callable[[DictConfig], dict], cfg: DictConfig, result_key: str | N
         log_to_file(logging.WARNING, message)
         if not in_sweep():
             sys.exit(130 if summary["signal"] == "SIGINT" else 143)
+    if summary.get("unreadable") and not in_sweep():  # predict.py: the readable files are done, some were not
+        sys.exit(1)
     return summary.get(result_key) if result_key else None
 
 
@@ -329,3 +331,13 @@ class JobsAtOnce(Callback):
         if "max_batch_size" in sweeper and sweeper.max_batch_size is None:  # the basic sweeper's knob
             with read_write(sweeper):
                 sweeper.max_batch_size = max(1, cores() // (launcher.get("cpus_per_task") or cores()))
+
+
+def main(config_name: str, task: Callable[[DictConfig], dict], result_key: str | None = None) -> None:
+    """What each script in src/ runs: the command-line check, then `task` under Hydra with the
+    config `configs/<config_name>.yaml` (the log file is `<task_name>.log`)."""
+    import hydra
+
+    check_command_line(config_name)
+    hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)(
+        lambda cfg: run(task, cfg, result_key))()

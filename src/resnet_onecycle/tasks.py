@@ -258,3 +258,164 @@ def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
             + " ".join(first)
         ) from error
     return checkpoint
+
+
+# --- using a trained model ---------------------------------------------------------------------
+
+
+def checkpoint_of(cfg: DictConfig) -> Path:
+    """`ckpt_path`, or the newest `last.ckpt` under the logs dir (its path printed)."""
+    from resnet_onecycle.inference import newest_checkpoint
+
+    if cfg.get("ckpt_path"):
+        return Path(cfg.ckpt_path)
+    found = newest_checkpoint(cfg.paths.log_dir)
+    print(f"ckpt_path not given: using the newest checkpoint, {found}")
+    return found
+
+
+def input_files(inputs: str) -> list[Path]:
+    """An image file, a folder (every file in it, recursively, hidden ones aside) or a glob."""
+    import glob
+
+    path = Path(str(inputs)).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    else:
+        files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
+    if not files:
+        raise ConfigError(f"inputs={inputs!r}: no such file, or no files in that folder or matching that glob; "
+                          "give inputs=<image file | folder | glob>, e.g. inputs='photos/*.jpg'.")
+    return files
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Classify images: a table on the console, predictions.csv and .json (and with gradcam=true
+    an overlay PNG per image) in the run dir. Unreadable files are listed with the reason."""
+    import csv
+
+    from PIL import Image
+
+    from resnet_onecycle.inference import Classifier, ImageError, load_image
+
+    if OmegaConf.is_missing(cfg, "inputs"):
+        raise ConfigError("inputs is missing: give inputs=<image file | folder | glob>, e.g. inputs=photos/.")
+    output_dir = Path(cfg.paths.output_dir)
+    files = input_files(cfg.inputs)
+    classifier = Classifier.load(checkpoint_of(cfg), cfg.device)
+    start = time.perf_counter()
+    images, readable, unreadable = [], [], {}
+    for file in files:
+        try:
+            images.append(load_image(file))
+            readable.append(file)
+        except ImageError as error:
+            unreadable[str(file)] = str(error)
+    batch = torch.stack(images) if images else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    probabilities = classifier.probabilities(batch, cfg.batch_size)
+    top = classifier.top_k(probabilities, cfg.top_k)
+    seconds = time.perf_counter() - start
+    rows = [{"file": str(f), "top_k": [{"label": c, "probability": p} for c, p in t]} for f, t in zip(readable, top)]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", *[f"{kind}_{i + 1}" for i in range(len(top[0]) if top else cfg.top_k)
+                                   for kind in ("label", "probability")]])
+        for row in rows:
+            writer.writerow([row["file"], *[v for t in row["top_k"] for v in (t["label"], f"{t['probability']:.6f}")]])
+    (output_dir / "predictions.json").write_text(json.dumps(
+        {"ckpt_path": str(classifier.ckpt_path), "predictions": rows,
+         "unreadable": [{"file": f, "error": e} for f, e in unreadable.items()]}, indent=2) + "\n")
+    if cfg.gradcam and len(batch):
+        predicted = probabilities.argmax(1).tolist()
+        overlays = classifier.overlays(batch, classifier.gradcam(batch, predicted, cfg.gradcam_layer))
+        folder = output_dir / "gradcam"
+        folder.mkdir(exist_ok=True)
+        for i, (file, overlay) in enumerate(zip(readable, overlays)):
+            Image.fromarray(overlay).resize((128, 128), Image.Resampling.NEAREST).save(folder / f"{i:05d}_{file.stem}.png")
+    width = max((len(str(f)) for f in files), default=4)
+    for row in rows:
+        print(f"{row['file']:<{width}}  " + "  ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]))
+    for file, error in unreadable.items():
+        print(f"{file:<{width}}  unreadable: {error.split(': ', 1)[-1]}")
+    summary = {"status": "completed", "images": len(rows), "unreadable": len(unreadable), "ckpt_path": str(classifier.ckpt_path),
+               "seconds": round(seconds, 3), "images_per_s": round(len(rows) / seconds, 1) if seconds else None,
+               "device": str(classifier.device), "output": str(output_dir)}
+    write_metrics(output_dir, summary)
+    print(f"{len(rows)} images in {seconds:.2f} s -> {output_dir / 'predictions.csv'}"
+          + (f"; {len(unreadable)} unreadable" if unreadable else ""))
+    return summary
+
+
+def export(cfg: DictConfig) -> dict:
+    """model.onnx and model.export.json in the run dir, checked with onnxruntime on real test images."""
+    from resnet_onecycle.inference import Classifier, test_split
+    from resnet_onecycle.onnx_export import ExportMismatch, agrees, compare, export_onnx, onnx_session, speeds
+
+    output_dir = Path(cfg.paths.output_dir)
+    classifier = Classifier.load(checkpoint_of(cfg))
+    images = test_split(classifier, cfg.data_source, cfg.paths.data_dir)[0][: cfg.check_images]
+    path = output_dir / "model.onnx"
+    export_onnx(classifier, path, cfg.opset)
+    session = onnx_session(path)
+    checks = [compare(classifier, session, images[:1]), compare(classifier, session, images)]
+    record = {
+        "file": "model.onnx", "ckpt_path": str(classifier.ckpt_path), "opset": cfg.opset, "exporter": "torch.onnx dynamo",
+        "input": {"name": "images", "dtype": "float32", "shape": ["batch", 3, 32, 32], "layout": "NCHW",
+                  "range": [0, 1], "channels": "RGB", "normalization": "inside the graph", "tta": classifier.tta},
+        "output": {"name": "logits", "shape": ["batch", len(classifier.classes)]}, "classes": list(classifier.classes),
+        "check": {"data_source": cfg.data_source or "the run's data.source", "tolerance": cfg.tolerance, "batches": checks},
+        "torch": torch.__version__,
+    }
+    bad = [c for c in checks if not agrees(c, cfg.tolerance)]
+    if bad:
+        (output_dir / "model.export.json").write_text(json.dumps({**record, "status": "mismatch"}, indent=2) + "\n")
+        raise ExportMismatch(f"{path}: onnxruntime disagrees with PyTorch beyond tolerance={cfg.tolerance}: {bad}")
+    if cfg.measure_speed:
+        record["speed_cpu"] = {"threads": torch.get_num_threads(), **speeds(classifier, session, images)}
+    (output_dir / "model.export.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"Exported {path} (opset {cfg.opset}); onnxruntime against PyTorch: "
+          + ", ".join(f"batch {c['images']}: max |diff| {c['max_abs_logit_difference']:.2e}, top-1 agreement "
+                      f"{c['top1_agreement']:.0%}" for c in checks))
+    for batch, speed in record.get("speed_cpu", {}).items():
+        if batch.startswith("batch_"):
+            print(f"  {batch.replace('_', ' ')}: onnxruntime {speed['onnxruntime_images_per_s']:,.0f} images/s, "
+                  f"PyTorch eager {speed['torch_eager_images_per_s']:,.0f} images/s")
+    return {"status": "completed", **record}
+
+
+def app(cfg: DictConfig) -> dict:
+    """The Gradio app on `app.host`:`app.port` until stopped (Ctrl-C)."""
+    from PIL import Image
+
+    from resnet_onecycle.app import Model, build, check_port
+    from resnet_onecycle.errors import UserError
+    from resnet_onecycle.inference import Classifier, test_split
+
+    settings = cfg.app
+    check_port(settings.host, settings.port)
+    classifier = Classifier.load(checkpoint_of(cfg))
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        test = test_split(classifier, cfg.data_source, cfg.paths.data_dir)
+    except UserError as error:
+        log.warning("No test data for the Mistakes tab and the examples: %s", error)
+        test = None
+    examples = []
+    if test is not None:  # one test image per class, as files the app can offer
+        folder = output_dir / "examples"
+        folder.mkdir(parents=True, exist_ok=True)
+        for label, name in enumerate(classifier.classes):
+            index = (test[1] == label).nonzero().flatten()
+            if len(index):
+                path = folder / f"{name}.png"
+                Image.fromarray(test[0][int(index[0])].permute(1, 2, 0).numpy()).save(path)
+                examples.append(str(path))
+    report_dir = run_dir_of(str(classifier.ckpt_path))
+    demo = build(Model(classifier, test), examples, report_dir, settings.misclassified)
+    print(f"Serving {classifier.ckpt_path} on http://{settings.host}:{settings.port} (Ctrl-C stops it)", flush=True)
+    demo.launch(server_name=settings.host, server_port=int(settings.port), share=bool(settings.share),
+                allowed_paths=[str(output_dir), *([str(report_dir)] if report_dir else [])], quiet=True)
+    return {"status": "completed"}

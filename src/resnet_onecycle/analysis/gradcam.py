@@ -41,6 +41,6 @@ def gradcam_maps(net: nn.Module, images_uint8: torch.Tensor, targets: list[int],
     return np.concatenate(maps) if maps else np.zeros((0, *images_uint8.shape[2:]), np.float32)
 
 
-def overlays(images_uint8: torch.Tensor, maps: np.ndarray) -> list[np.ndarray]:
+def overlays(images_uint8: torch.Tensor, maps: np.ndarray, image_weight: float = 0.5) -> list[np.ndarray]:
     rgb = images_uint8.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) / 255
-    return [show_cam_on_image(image, cam, use_rgb=True) for image, cam in zip(rgb, maps)]
+    return [show_cam_on_image(image, cam, use_rgb=True, image_weight=image_weight) for image, cam in zip(rgb, maps)]

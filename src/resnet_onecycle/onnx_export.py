@@ -1,0 +1,106 @@
+"""A trained model as ONNX: input float32 NCHW RGB in [0, 1] at 32x32, any batch size, the
+training normalization (and the run's flip TTA) inside the graph, output logits.
+
+Exported with torch's dynamo exporter (`torch.onnx.export(dynamo=True)`, the default since torch
+2.9; it needs onnxscript), from a contiguous copy of the net: channels_last is a speed setting of
+training, not part of the model. Checked with onnxruntime against PyTorch on real images.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnet_onecycle.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from resnet_onecycle.errors import UserError
+from resnet_onecycle.inference import SIZE, Classifier
+
+OPSET = 18
+
+
+class ExportMismatch(UserError):
+    """onnxruntime's logits differ from PyTorch's beyond the tolerance."""
+
+
+class Normalized(nn.Module):
+    """[0, 1] RGB in, logits out: the training normalization as the graph's first ops."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)
+
+
+def export_onnx(classifier: Classifier, path: Path, opset: int = OPSET) -> None:
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # a line per initializer it deduplicates
+    model = Normalized(copy.deepcopy(classifier.classify_net).cpu().to(memory_format=torch.contiguous_format)).eval()
+    example = torch.rand(2, 3, SIZE, SIZE)
+    batch = torch.export.Dim("batch", min=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
+                      input_names=["images"], output_names=["logits"], dynamic_shapes=({0: batch},))
+
+
+def onnx_session(path: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def compare(classifier: Classifier, session, images: torch.Tensor) -> dict:
+    """onnxruntime against PyTorch on uint8 images: the largest logit difference, top-1 agreement."""
+    with torch.no_grad():
+        from resnet_onecycle.data.augment import normalize
+
+        net = classifier.classify_net.cpu().eval()
+        theirs = net(normalize(images)).numpy()
+    ours = session.run(["logits"], {"images": images.numpy().astype(np.float32) / 255})[0]
+    return {"images": len(images), "max_abs_logit_difference": float(np.abs(ours - theirs).max()),
+            "max_abs_logit": float(np.abs(theirs).max()), "top1_agreement": float((ours.argmax(1) == theirs.argmax(1)).mean())}
+
+
+def agrees(check: dict, tolerance: float) -> bool:
+    """Logits within `tolerance` of PyTorch's, relative to their scale (at least 1), and the same top-1."""
+    return check["max_abs_logit_difference"] <= tolerance * max(1.0, check["max_abs_logit"]) and check["top1_agreement"] == 1
+
+
+def images_per_second(run, images: torch.Tensor, batch_size: int, seconds: float = 2.0) -> float:
+    """Steady images/s of `run(batch)` over at least `seconds`, after one warm-up call."""
+    batch = images[:batch_size]
+    run(batch)
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or count == 0:
+        run(batch)
+        count += len(batch)
+    return count / elapsed
+
+
+def speeds(classifier: Classifier, session, images: torch.Tensor, batch_sizes=(1, 256)) -> dict:
+    """onnxruntime's and PyTorch eager's images/s on this CPU, at each batch size."""
+    from resnet_onecycle.data.augment import normalize
+
+    net = classifier.classify_net.cpu().eval()
+
+    def torch_run(batch):
+        with torch.no_grad():
+            net(normalize(batch))
+
+    def ort_run(batch):
+        session.run(["logits"], {"images": batch.numpy().astype(np.float32) / 255})
+
+    out = {}
+    for size in batch_sizes:
+        pool = images if len(images) >= size else images.repeat((size + len(images) - 1) // len(images), 1, 1, 1)
+        out[f"batch_{size}"] = {"onnxruntime_images_per_s": round(images_per_second(ort_run, pool, size), 1),
+                                "torch_eager_images_per_s": round(images_per_second(torch_run, pool, size), 1)}
+    return out
