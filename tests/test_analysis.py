@@ -235,19 +235,30 @@ def test_a_training_runs_console_holds_no_third_party_noise(trained_run):
 
 
 def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
-    tmp, _, run_dir, _console = trained_run
-    no_ckpt = script("eval.py", f"paths.log_dir={tmp_path}")
-    assert no_ckpt.returncode == 2 and "give ckpt_path=<run>/checkpoints/last.ckpt" in no_ckpt.stderr
-    missing = script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.log_dir={tmp_path}")
-    assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIGS
+    from resnet_onecycle.tasks import evaluate
+
+    tmp, tree, run_dir, _console = trained_run
+
+    def eval_config(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run",
+                                              "debug=fast", f"data.source={tree}", *overrides])
+
+    with pytest.raises(ConfigError, match=r"give ckpt_path=<run>/checkpoints/last\.ckpt"):
+        evaluate(eval_config())
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        evaluate(eval_config(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a Lightning checkpoint"):
+        evaluate(eval_config(f"ckpt_path={junk}", f"paths.data_dir={tmp / 'cache'}"))
     other = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.net.width=0.25",
                    f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'cache'}")
     assert other.returncode == 2 and "holds a MixedResNet of width 0.125" in other.stderr
     assert "this config builds width 0.25: give model.net.width=0.125" in other.stderr and "Traceback" not in other.stderr
-    junk = tmp_path / "junk.ckpt"
-    junk.write_bytes(b"not a checkpoint")
-    bad = script("eval.py", f"ckpt_path={junk}", f"paths.log_dir={tmp_path}")
-    assert bad.returncode == 2 and "is not a Lightning checkpoint" in bad.stderr
 
 
 def test_find_lr_script_prints_the_override(trained_run, tmp_path):

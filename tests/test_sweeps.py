@@ -95,6 +95,7 @@ def test_optuna_sweep_runs_trials_and_summarizes_them(tmp_path, image_tree):
     rows = summary_rows(sweep_dir)
     assert len(rows) == 2 and {"model.scheduler.max_lr", "model.optimizer.weight_decay"} <= set(rows[0])
     assert all(0.005 <= float(r["model.scheduler.max_lr"]) <= 0.2 for r in rows)
+    assert "setup plugin" not in result.stdout + result.stderr  # the database layer's chatter is off
 
 
 @pytest.mark.parametrize("name, key, values", [("max_lr", "model.scheduler.max_lr", "0.01,0.02,0.05"),

@@ -198,16 +198,30 @@ def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
         ("test_ckpt=middle", "test_ckpt='middle' must be `last` or `best`"),
         ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
-        ("resume=/no/such/run", "resume='/no/such/run': not a run dir"),
     ],
 )
 def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, message):
+    """In-process, as src/train.py runs it: the error is the project's own, raised before any data
+    is read or any checkpoint written (test_first_contact checks the exit code and the console)."""
+    from conftest import compose_train
+    from resnet_onecycle.cli import as_user_error
+    from resnet_onecycle.errors import UserError
+    from resnet_onecycle.tasks import train
+
+    cfg = compose_train(["debug=fast", f"data.source={image_tree}", f"paths.data_dir={tmp_path / 'cache'}", override],
+                        tmp_path)
+    with pytest.raises(Exception) as raised:
+        train(cfg)
+    error = as_user_error(raised.value)
+    assert isinstance(error, UserError) and message in str(error), repr(raised.value)
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "cache").exists()
+
+
+def test_a_resume_of_a_dir_that_does_not_exist_is_refused_and_creates_nothing(tmp_path, image_tree):
     result = run_train("debug=fast", f"data.source={image_tree}", f"paths.log_dir={tmp_path / 'logs'}",
-                       f"paths.data_dir={tmp_path / 'cache'}", override)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "logs").rglob("*.ckpt"))
+                       "resume=/no/such/run")
+    assert result.returncode == 2 and "resume='/no/such/run': not a run dir" in result.stderr
+    assert "Traceback" not in result.stderr and not Path("/no/such/run").exists()
 
 
 def test_download_without_network_is_a_clear_error(tmp_path):

@@ -120,6 +120,10 @@ def command_line_error(config_name: str, args: list[str]) -> str | None:
                 if problem:
                     return problem
     GlobalHydra.instance().clear()
+    if cfg.get("resume"):  # Hydra would make the dir it names
+        from resnet_onecycle.resume import resume_problem
+
+        return resume_problem(cfg.resume)
     return None
 
 

@@ -306,18 +306,26 @@ def with_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str], gro
     return tuple(saved[k] for k in keys) if keys is not None else saved
 
 
+def resume_problem(resume: str) -> str | None:
+    """Why `resume=` cannot continue that dir, or None. The command-line check asks first, so a
+    dir that is not a run is refused before Hydra makes it."""
+    run = Path(str(resume)).expanduser()
+    if not (run / ".hydra" / "config.yaml").is_file():
+        return (f"resume={str(resume)!r}: not a run dir (no .hydra/config.yaml in {run.resolve()}); give a dir under "
+                "logs/train/runs/.")
+    if not (run / "checkpoints" / "last.ckpt").is_file():
+        return (f"resume={str(resume)!r}: the run saved no checkpoints/last.ckpt (it stopped before it saved one); "
+                "start it again instead.")
+    return None
+
+
 def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> DictConfig:
     """For resume=<run dir>: the run's saved config plus this command's key=value overrides."""
+    problem = resume_problem(cfg.resume)
+    if problem:
+        raise ConfigError(problem)
     run = Path(cfg.resume).expanduser()
-    saved_path = run / ".hydra" / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(f"resume={cfg.resume!r}: not a run dir (no .hydra/config.yaml in {run.resolve()}).")
     last = run / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ConfigError(
-            f"resume={cfg.resume!r}: the run saved no checkpoints/last.ckpt (it stopped before it saved one); "
-            "start it again instead."
-        )
     saved = with_overrides(saved_config(run), cfg, overrides, groups)
     saved.resume = str(run)
     saved.ckpt_path = str(last)
