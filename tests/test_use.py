@@ -144,9 +144,11 @@ def test_predict_script_exits_1_after_predicting_the_readable_files(trained, tmp
                              f"paths.log_dir={tmp_path / 'logs'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "a.png" in result.stdout and "b.txt  unreadable" in result.stdout and "Traceback" not in result.stderr
-    missing = subprocess.run([sys.executable, "src/predict.py", f"ckpt_path={ckpt}", f"inputs={tmp_path / 'none'}",
-                              f"paths.log_dir={tmp_path / 'logs'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "give inputs=<image file | folder | glob>" in missing.stderr
+    from resnet_onecycle.tasks import input_files
+
+    with pytest.raises(ConfigError, match=r"inputs='.*none': no such file.*give inputs=<image file \| folder \| glob>"):
+        input_files(str(tmp_path / "none"))
+    assert [p.name for p in input_files(str(tmp_path / "in" / "*.png"))] == ["a.png"]  # a glob
 
 
 def test_onnx_export_agrees_with_torch_at_batch_1_and_7(trained, tmp_path):

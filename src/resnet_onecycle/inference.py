@@ -38,6 +38,16 @@ class ImageError(UserError):
     """A file that is not a readable image; the message names it and why."""
 
 
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """A Lightning checkpoint of this project, weights only; a ConfigError naming the file otherwise."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        checkpoint["state_dict"]
+    except Exception as error:  # noqa: BLE001 - any failure means "not one of our checkpoints"
+        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} is not a Lightning checkpoint of this project ({error}).") from error
+    return checkpoint
+
+
 def newest_checkpoint(log_dir: str | Path) -> Path:
     """The newest `last.ckpt` under `log_dir`, for commands given no ckpt_path."""
     found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -94,11 +104,8 @@ class Classifier:
                               "give ckpt_path=<run>/checkpoints/last.ckpt.")
         run = run_dir_of(str(ckpt_path))
         config = saved_config(run) if run is not None else None
-        try:
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        except Exception as error:  # noqa: BLE001 - any failure means "not one of our checkpoints"
-            raise ConfigError(f"ckpt_path={str(ckpt_path)!r} is not a checkpoint of this project ({error}).") from error
+        state = {k.removeprefix("net."): v for k, v in read_checkpoint(ckpt_path)["state_dict"].items()
+                 if k.startswith("net.")}
         net = build_net(config, state)
         try:
             net.load_state_dict(state, strict=True)

@@ -237,11 +237,10 @@ def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
 
 
 def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        state = checkpoint["state_dict"]
-    except Exception as error:  # noqa: BLE001 - any failure means "not one of our checkpoints"
-        raise ConfigError(f"ckpt_path={ckpt_path!r} is not a Lightning checkpoint of this project ({error}).") from error
+    from resnet_onecycle.inference import read_checkpoint
+
+    checkpoint = read_checkpoint(ckpt_path)
+    state = checkpoint["state_dict"]
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
