@@ -196,6 +196,39 @@ def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
     assert metrics["status"] == "completed" and metrics["epochs"] == 40 and metrics["global_steps"] == 40 * 15
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config_before  # kept; the resume's lies beside
     assert list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
+    again = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), f"resume={run_dir}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "that run completed" in again.stderr  # a finished run resumed by mistake
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"  # and left as it was
+
+
+def test_a_run_killed_outright_reads_running_and_resumes_to_the_same_end(tmp_path):
+    """SIGKILL, which no handler sees: metrics.json says `running`, and resume= continues from the
+    newest complete checkpoint to the metrics of a run that never stopped."""
+    tree = write_image_tree(tmp_path / "data")
+    common = ["debug=fast", f"data.source={tree}", "data.subset=null", "data.test_subset=null", "data.batch_size=4",
+              f"paths.data_dir={tmp_path / 'cache'}", "callbacks.progress_bar.refresh_rate=0", "trainer.max_epochs=4",
+              "trainer.deterministic=true", "analysis.enabled=false"]
+    reference = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *common, f"paths.log_dir={tmp_path / 'a'}"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    process = start_train(*common, f"paths.log_dir={tmp_path / 'b'}")
+    runs = tmp_path / "b" / "train" / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=60)
+    (run_dir,) = runs.iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+    resumed = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), f"resume={run_dir}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (reference_dir,) = (tmp_path / "a" / "train" / "runs").iterdir()
+    expected, got = (json.loads((d / "metrics.json").read_text()) for d in (reference_dir, run_dir))
+    assert got["status"] == "completed" and got["global_steps"] == expected["global_steps"] == 4 * 15
+    for key in ("test/acc", "test/loss", "train/loss", "val/acc_best"):
+        assert got[key] == expected[key], key
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,16 +24,16 @@ def in_sweep() -> bool:
 
 def record_failure(output_dir: Path, error: BaseException) -> None:
     """metrics.json says the run was refused (bad input) or failed, and why, unless the dir already
-    holds a verdict (the task's own, or that of the run a resume continues), which stays as it is.
-    The message also goes to the run's log file (`train.log`)."""
+    holds a verdict (the task's own, or that of the run a resume continues), which stays as it is;
+    `running` is no verdict. The message also goes to the run's log file (`train.log`)."""
+    from resnet_onecycle.summary import first_process, status_of, write_metrics
+
     refused = isinstance(error, UserError)
     detail = str(error) if refused else traceback.format_exc()
     log_to_file(logging.ERROR, detail)
-    metrics = output_dir / "metrics.json"
-    if metrics.exists() or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+    if status_of(output_dir) not in (None, "running") or not first_process():
         return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps({"status": "refused" if refused else "failed", "error": detail}, indent=2) + "\n")
+    write_metrics(output_dir, {"status": "refused" if refused else "failed", "error": detail})
 
 
 def log_to_file(level: int, message: str) -> None:

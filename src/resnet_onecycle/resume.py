@@ -313,6 +313,11 @@ def resume_problem(resume: str) -> str | None:
     if not (run / ".hydra" / "config.yaml").is_file():
         return (f"resume={str(resume)!r}: not a run dir (no .hydra/config.yaml in {run.resolve()}); give a dir under "
                 "logs/train/runs/.")
+    from resnet_onecycle.summary import status_of
+
+    if status_of(run) == "completed":
+        return (f"resume={str(resume)!r}: that run completed (its metrics.json says so); nothing is left to resume. "
+                "Start a new run, or evaluate it: python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt.")
     if not (run / "checkpoints" / "last.ckpt").is_file():
         return (f"resume={str(resume)!r}: the run saved no checkpoints/last.ckpt (it stopped before it saved one); "
                 "start it again instead.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -103,5 +104,21 @@ def run_summary(trainer: L.Trainer, datamodule, cfg: DictConfig, status: str, st
 
 
 def write_metrics(output_dir: Path, summary: dict) -> None:
+    """metrics.json, whole or not at all: written beside it, then moved over it."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    partial = output_dir / ".metrics.json.partial"
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(partial, output_dir / "metrics.json")
+
+
+def status_of(output_dir: Path) -> str | None:
+    """The status a run dir's metrics.json states, or None."""
+    try:
+        return json.loads((Path(output_dir) / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def first_process() -> bool:
+    """Rank 0 of a run, also before any Trainer exists (Lightning's launchers set these)."""
+    return not int(os.environ.get("LOCAL_RANK", 0)) and not int(os.environ.get("NODE_RANK", 0))

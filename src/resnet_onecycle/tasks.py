@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -29,7 +30,15 @@ from resnet_onecycle.resume import (
     with_overrides,
 )
 from resnet_onecycle.schedule import check_one_cycle
-from resnet_onecycle.summary import final_metrics, flat_hparams, provenance, run_summary, write_hparams, write_metrics
+from resnet_onecycle.summary import (
+    final_metrics,
+    first_process,
+    flat_hparams,
+    provenance,
+    run_summary,
+    write_hparams,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,9 @@ def train(cfg: DictConfig) -> dict:
     check_task_keys(cfg)
     check_one_cycle(**cfg.model.scheduler, epochs=cfg.trainer.max_epochs)
     output_dir = Path(cfg.paths.output_dir)
+    if first_process():  # until the run says otherwise, a run that stops here, killed, reads as not finished
+        write_metrics(output_dir, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                   "pid": os.getpid(), "resumed_from": cfg.get("ckpt_path")})
     datamodule, loggers = data_and_loggers(cfg)
     found = pick_max_lr(cfg, datamodule, output_dir, loggers) if cfg.model.scheduler.max_lr == "auto" else {}
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
