@@ -30,7 +30,7 @@ def lrs(run_dir):
 
 def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path):
     tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)
-    single_dir, single = train(tmp_path, "single", tree)
+    single_dir, single = train(tmp_path, "single", tree, "analysis.enabled=false")
     ddp_dir, ddp = train(tmp_path, "ddp", tree, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                          "trainer.sync_batchnorm=false", "trainer.precision=32-true", "trainer.benchmark=null",
                          "test_ckpt=best", "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=max")
@@ -43,7 +43,7 @@ def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path)
     result = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"),
                              f"ckpt_path={ddp_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path / 'eval'}",
                              f"paths.data_dir={tmp_path / 'cache'}",
-                             "trainer.precision=32-true"],
+                             "trainer.precision=32-true", "analysis.enabled=false"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (eval_dir,) = (tmp_path / "eval" / "eval" / "runs").iterdir()

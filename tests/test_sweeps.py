@@ -15,7 +15,7 @@ def sweep(tmp_path, image_tree, *overrides, timeout=600):
         [sys.executable, str(ROOT / "src" / "train.py"), "-m", "debug=fast", f"data.source={image_tree}",
          f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'cache'}",
          "data.subset=null", "data.test_subset=null", "data.batch_size=8", "callbacks.progress_bar.refresh_rate=0",
-         *overrides],
+         "analysis.enabled=false", *overrides],  # no pictures: the sweep's own files are what is tested
         cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     return result, sweep_dir
