@@ -105,3 +105,14 @@ def test_named_sweeps_set_the_sweeper_params(name, key, values):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{key}: {values}" in result.stdout
+
+
+def test_num_threads_is_a_whole_number_or_null():
+    from omegaconf import OmegaConf
+
+    from resnet_onecycle.cli import set_threads
+    from resnet_onecycle.errors import ConfigError
+
+    for bad in (0, "many", 1.5):
+        with pytest.raises(ConfigError, match=rf"num_threads={bad!r} must be a whole number >= 1"):
+            set_threads(OmegaConf.create({"num_threads": bad}))

@@ -272,3 +272,34 @@ def test_the_app_in_a_real_browser_shows_the_predicted_label(app_url, tmp_path):
             shutil.copy(shot, ROOT / os.environ["APP_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+def test_a_missing_extra_names_its_install_command(trained, tmp_path, monkeypatch):
+    from resnet_onecycle.tasks import app, export
+
+    _, _, ckpt = trained
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ConfigError, match=r"needs the `app` extra \(gradio is not installed\): pip install -e '\.\[app\]'"):
+        app(compose_task("app", [f"ckpt_path={ckpt}"], tmp_path))
+    with pytest.raises(ConfigError, match=r"needs the `export` extra \(onnxruntime is not installed\)"):
+        export(compose_task("export", [f"ckpt_path={ckpt}"], tmp_path))
+
+
+def test_bad_values_of_the_model_commands_name_the_key(trained, tmp_path, monkeypatch):
+    from resnet_onecycle import onnx_export
+    from resnet_onecycle.tasks import export, predict
+
+    tmp, tree, ckpt = trained
+    with pytest.raises(ConfigError, match=r"inputs is missing: give inputs=<image file \| folder \| glob>"):
+        predict(compose_task("predict", [f"ckpt_path={ckpt}"], tmp_path))
+    with pytest.raises(ConfigError, match=r"check_images=1 must be a whole number >= 2"):
+        export(compose_task("export", [f"ckpt_path={ckpt}", "check_images=1"], tmp_path))
+    pytest.importorskip("onnxruntime")
+    real = onnx_export.compare
+    monkeypatch.setattr(onnx_export, "compare", lambda *a: {**real(*a), "max_abs_logit_difference": 1.0})  # a bad file
+    cfg = compose_task("export", [f"ckpt_path={ckpt}", f"data_source={tree}", f"paths.data_dir={tmp / 'cache'}",
+                                  "check_images=3", "measure_speed=false"], tmp_path / "bad")
+    with pytest.raises(onnx_export.ExportMismatch, match=r"model\.onnx: onnxruntime disagrees with PyTorch beyond tolerance"):
+        export(cfg)
+    assert json.loads((tmp_path / "bad" / "run" / "model.export.json").read_text())["status"] == "mismatch"

@@ -50,14 +50,19 @@ class Model:
 
     def __init__(self, classifier: Classifier, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         self.classifier, self.test = classifier, test
-        self.mistakes: list[tuple[int, int, int, float]] = []  # (index, true, predicted, confidence), most confident first
-        if test is not None:
-            images, labels = test
-            probabilities = classifier.probabilities(images)
-            confidence, predicted = probabilities.max(1)
+        self._mistakes: list[tuple[int, int, int, float]] | None = None
+
+    @property
+    def mistakes(self) -> list[tuple[int, int, int, float]]:
+        """(index, true, predicted, confidence) of every misclassified test image, most confident
+        first; classified once, on the first call, so that the app starts at once."""
+        if self._mistakes is None:
+            images, labels = self.test
+            confidence, predicted = self.classifier.probabilities(images).max(1)
             wrong = (predicted != labels).nonzero().flatten().tolist()
-            self.mistakes = sorted(((i, int(labels[i]), int(predicted[i]), float(confidence[i])) for i in wrong),
-                                   key=lambda m: -m[3])
+            self._mistakes = sorted(((i, int(labels[i]), int(predicted[i]), float(confidence[i])) for i in wrong),
+                                    key=lambda m: -m[3])
+        return self._mistakes
 
     def classify(self, files, top_k: int, gradcam: bool, layer: str, opacity: float, target: str):
         """(the first image's top-k, a table for every image, Grad-CAM overlays, a message)."""

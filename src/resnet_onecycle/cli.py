@@ -249,6 +249,8 @@ def set_threads(cfg: DictConfig) -> None:
     import torch
 
     threads = cfg.get("num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"num_threads={threads!r} must be a whole number >= 1, or null (torch's default).")
     if threads is None and in_sweep():
         threads = threads_per_job(HydraConfig.get().launcher)
     if threads:

@@ -274,6 +274,18 @@ def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
 # --- using a trained model ---------------------------------------------------------------------
 
 
+def require(extra: str, *modules: str) -> None:
+    """An optional extra's packages, or a one-line error naming the install command, before any work."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"this command needs the `{extra}` extra ({module} is not installed): "
+                              f"pip install -e '.[{extra}]'.") from error
+
+
 def checkpoint_of(cfg: DictConfig) -> Path:
     """`ckpt_path`, or the newest `last.ckpt` under the logs dir (its path printed)."""
     from resnet_onecycle.inference import newest_checkpoint
@@ -363,8 +375,11 @@ def predict(cfg: DictConfig) -> dict:
 def export(cfg: DictConfig) -> dict:
     """model.onnx and model.export.json in the run dir, checked with onnxruntime on real test images."""
     from resnet_onecycle.inference import Classifier, test_split
+    require("export", "onnx", "onnxruntime", "onnxscript")
     from resnet_onecycle.onnx_export import ExportMismatch, agrees, compare, export_onnx, onnx_session, speeds
 
+    if isinstance(cfg.check_images, bool) or not isinstance(cfg.check_images, int) or cfg.check_images < 2:
+        raise ConfigError(f"check_images={cfg.check_images!r} must be a whole number >= 2 (batch 1 is checked too).")
     output_dir = Path(cfg.paths.output_dir)
     classifier = Classifier.load(checkpoint_of(cfg))
     images = test_split(classifier, cfg.data_source, cfg.paths.data_dir)[0][: cfg.check_images]
@@ -401,6 +416,7 @@ def app(cfg: DictConfig) -> dict:
     """The Gradio app on `app.host`:`app.port` until stopped (Ctrl-C)."""
     from PIL import Image
 
+    require("app", "gradio")
     from resnet_onecycle.app import Model, build, check_port
     from resnet_onecycle.errors import UserError
     from resnet_onecycle.inference import Classifier, test_split
