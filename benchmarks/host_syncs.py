@@ -58,11 +58,12 @@ class Window:
             self.started = synced_time()
         elif step == self.stop - 1 and self.profiler is not None:
             wall_s = synced_time() - self.started
-            self.profiler.__exit__(None, None, None)
+            profiler, self.profiler = self.profiler, None
+            profiler.__exit__(None, None, None)
             steps = self.stop - self.start
-            totals = {e.key: e.count for e in self.profiler.key_averages()}
+            totals = {e.key: e.count for e in profiler.key_averages()}
             # GPU busy time: the kernels' and copies' durations (one stream: they do not overlap)
-            gpu_us = sum(e.time_range.elapsed_us() for e in self.profiler.events() if e.device_type == DeviceType.CUDA)
+            gpu_us = sum(e.time_range.elapsed_us() for e in profiler.events() if e.device_type == DeviceType.CUDA)
             self.counts = {
                 "syncs_per_step": {name: totals.get(name, 0) / steps for name in SYNCS},
                 "kernel_launches_per_step": sum(totals.get(name, 0) for name in LAUNCHES) / steps,
@@ -77,8 +78,14 @@ class Window:
                 "wall_ms_per_step": round(1000 * wall_s / steps, 3),
                 "gpu_busy_ms_per_step": round(gpu_us / 1000 / steps, 3),
             }
-            if parts := by_part(self.profiler.events(), steps):
+            if parts := by_part(profiler.events(), steps):
                 self.counts["per_step_by_part"] = parts
+
+    def close(self) -> None:
+        """Stops a profiler whose window the epoch ended inside (left running, it crashes the interpreter's exit)."""
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
 
 
 def by_part(events, steps: int) -> dict:
@@ -124,6 +131,8 @@ def main() -> None:
         L.seed_everything(cfg.seed, workers=True)
         plain(cfg, 1, device, after_step=plain_window.after_step, phase=lambda name: record_function(PHASE + name))
         compiled = compile_counters(since=before)
+        project_window.close()
+        plain_window.close()
 
     if not project_window.counts or not plain_window.counts:
         sys.exit(f"an epoch has fewer than --stop={args.stop} steps: lower --start/--stop or raise data.subset")

@@ -253,7 +253,7 @@ def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
         evaluate(eval_config(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="is not a Lightning checkpoint"):
+    with pytest.raises(ConfigError, match="junk.ckpt cannot be read as a checkpoint .*not a checkpoint of this project"):
         evaluate(eval_config(f"ckpt_path={junk}", f"paths.data_dir={tmp / 'cache'}"))
     other = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.net.width=0.25",
                    f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'cache'}")

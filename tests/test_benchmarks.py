@@ -3,16 +3,18 @@
 They are what a lent GPU's few minutes are spent on, so a broken one must show here, not there.
 """
 
+import io
 import json
 import math
-import os
+import runpy
 import statistics
-import subprocess
 import sys
+from contextlib import redirect_stdout
 
 import pytest
+import torch
 
-from conftest import ROOT, write_image_tree
+from conftest import ROOT, compose_train, write_image_tree
 from resnet_onecycle.models import MixedResNet
 
 # 10 steps an epoch
@@ -27,10 +29,22 @@ def tiny(tmp_path_factory):
 
 
 def run(script: str, *args: str) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    """The script as `python benchmarks/<script> <args>` runs it, in this process (a new one costs
+    seconds of imports); its JSON from stdout. The threads it sets are put back."""
+    threads, argv, path, out = torch.get_num_threads(), sys.argv, list(sys.path), io.StringIO()
+    sys.argv = [script, *args]
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # where Python looks first for a script's imports
+    try:
+        with redirect_stdout(out):
+            runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+    except SystemExit as exit:
+        if exit.code not in (None, 0):
+            raise
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        torch.set_num_threads(threads)
+    text = out.getvalue()
+    return json.loads(text[text.index("{"):])
 
 
 def test_throughput_times_project_plain_loop_and_lightning_alone(tiny):
@@ -78,20 +92,19 @@ def test_host_syncs_counts_each_step_and_splits_the_plain_loops_step_by_part(tin
 
 def test_host_syncs_says_when_an_epoch_is_too_short(tiny):
     _, overrides = tiny
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_syncs.py"), "--stop", "30", *overrides],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "fewer than --stop=30 steps" in result.stderr
+    with pytest.raises(SystemExit, match="fewer than --stop=30 steps"):
+        run("host_syncs.py", "--stop", "30", *overrides)
 
 
-def test_epoch_parts_splits_every_epoch_of_a_training_run(tiny):
+def test_epoch_parts_splits_every_epoch_of_a_training_run(tiny, monkeypatch):
+    from resnet_onecycle.tasks import train
+
     tmp, overrides = tiny
     out = tmp / "parts.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "src/train.py", *overrides, "trainer.max_epochs=3", "test=false", f"paths.log_dir={tmp / 'logs'}",
-         "+callbacks.epoch_parts._target_=epoch_parts.EpochParts", f"+callbacks.epoch_parts.path={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as PYTHONPATH=benchmarks does for the callback
+    train(compose_train([*overrides, "trainer.max_epochs=3", "test=false", "callbacks.progress_bar=null",
+                         "+callbacks.epoch_parts._target_=epoch_parts.EpochParts", f"+callbacks.epoch_parts.path={out}"],
+                        tmp / "parts"))
     parts = json.loads(out.read_text())
     assert [e["epoch"] for e in parts["epochs"]] == [0, 1, 2] and parts["sync"] is False
     for e in parts["epochs"]:

@@ -78,12 +78,17 @@ def test_cache_is_written_once_then_read(image_tree, tmp_path):
     assert np.array_equal(first["train"].images, second["train"].images)
 
 
-def test_stale_or_damaged_cache_is_rebuilt(image_tree, tmp_path):
+def test_stale_or_damaged_cache_is_rebuilt(image_tree, tmp_path, caplog):
     data_dir = tmp_path / "cache"
     _, path, _ = load_cached(str(image_tree), data_dir)
-    path.write_bytes(path.read_bytes()[:1000])  # truncated
-    splits, _, rebuilt = load_cached(str(image_tree), data_dir)
+    path.write_bytes(path.read_bytes()[:1000])  # cut short
+    with caplog.at_level("INFO", logger="resnet_onecycle.data.cache"):
+        splits, _, rebuilt = load_cached(str(image_tree), data_dir)
     assert rebuilt and splits["train"].images.shape[0] == 60
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    message = warning.getMessage()
+    assert f"The data cache {path} is damaged" in message and f"rebuilding it from {image_tree}" in message
+    assert load_cached(str(image_tree), data_dir)[2] is False  # the rebuilt cache is good
     # the source changes: one more image per class in train -> the cache no longer matches
     for cls in CLASSES:
         Image.new("RGB", (32, 32)).save(image_tree / "train" / cls / "extra.png")
@@ -185,7 +190,7 @@ def test_failing_source_deletes_nothing(image_tree, tmp_path):
     with pytest.raises(DataSourceError):
         load_cached(str(image_tree), data_dir)
     assert path.read_bytes() == before  # the old cache stays until a good source replaces it
-    assert sorted(p.name for p in data_dir.iterdir()) == [path.name]  # no temporary left behind
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted([path.name, f".{path.name}.lock"])  # no partial file left
 
 
 @pytest.mark.parametrize(

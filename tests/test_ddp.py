@@ -8,7 +8,7 @@ import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, write_image_tree
+from conftest import ROOT, compose_train, write_image_tree
 
 
 def train(tmp_path, name, tree, *overrides):
@@ -30,7 +30,12 @@ def lrs(run_dir):
 
 def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path):
     tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)
-    single_dir, single = train(tmp_path, "single", tree, "analysis.enabled=false")
+    from resnet_onecycle.tasks import train as train_here
+
+    single = train_here(compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}",
+                                       "callbacks.progress_bar.refresh_rate=0", "analysis.enabled=false"],
+                                      tmp_path / "single"))  # one process: no need for a new one
+    single_dir = tmp_path / "single" / "run"
     ddp_dir, ddp = train(tmp_path, "ddp", tree, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                          "trainer.sync_batchnorm=false", "trainer.precision=32-true", "trainer.benchmark=null",
                          "test_ckpt=best", "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=max")

@@ -3,9 +3,7 @@ the checkpoint writer."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -13,6 +11,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from resnet_onecycle.files import written_whole
 from resnet_onecycle.framework import keep_average_on
 
 
@@ -62,20 +61,24 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
     which lets go of the GIL (`torch.save` on the writer would hold it while each copy waits for
     the GPU). Writes, then removals, run one at a time in order, so ModelCheckpoint never deletes
     a file still queued (unlike Lightning's AsyncCheckpointIO, Lightning-AI/pytorch-lightning#14035).
-    Loads and the end of every fit / test wait for the queue; a failed write raises on the next call.
+    Loads and the end of every fit / test wait for the queue; a failed write raises on the next call,
+    and nothing queued after it runs, so an older checkpoint it would have replaced is kept.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.executor: ThreadPoolExecutor | None = None
         self.error: BaseException | None = None
+        self.failed = False
 
     def submit(self, fn, *args) -> None:
         def run() -> None:
+            if self.failed:  # what was queued after a failed write (the removal of the file it replaces) waits
+                return
             try:
                 fn(*args)
             except BaseException as error:  # noqa: BLE001 - raised on the caller's thread, next call
-                self.error = error
+                self.error, self.failed = error, True
 
         self.raise_error()
         if self.executor is None:
@@ -115,20 +118,19 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
         self.write_file(snapshot, path, storage_options)
 
     def write_file(self, checkpoint: dict, path, storage_options=None) -> None:
-        """`torch.save` straight into a file beside the target, which replaces it once complete:
-        Lightning's save pickles into a `BytesIO` and copies it out, holding the GIL through both
+        """`torch.save` straight into a file beside the target, which replaces it once complete
+        (`files.written_whole`). Lightning's save pickles into a `BytesIO` and copies it out, holding the GIL through both
         (benchmarks/checkpoint_writes.py). Remote paths and storage options go through Lightning's."""
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with open(partial, "wb") as file:
-                torch.save(checkpoint, file)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with written_whole(path, "checkpoint") as file:
+            stream = KeptErrors(file)
+            try:
+                torch.save(checkpoint, stream)
+            except RuntimeError:
+                if stream.error is not None:  # torch reports a failed write without its errno
+                    raise stream.error from None
+                raise
 
     def remove_checkpoint(self, path) -> None:
         self.submit(super().remove_checkpoint, path)
@@ -142,3 +144,20 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
         if executor is not None:
             executor.shutdown(wait=True)
         self.raise_error()
+
+
+class KeptErrors:
+    """A file's `write`, keeping the OSError that torch.save turns into a RuntimeError without it."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from resnet_onecycle.errors import ConfigError, UserError
+from resnet_onecycle.files import WriteError, write_error
 
 
 def in_sweep() -> bool:
@@ -28,12 +30,15 @@ def record_failure(output_dir: Path, error: BaseException) -> None:
     `running` is no verdict. The message also goes to the run's log file (`train.log`)."""
     from resnet_onecycle.summary import first_process, status_of, write_metrics
 
-    refused = isinstance(error, UserError)
-    detail = str(error) if refused else traceback.format_exc()
+    told = isinstance(error, UserError)  # the message says it all
+    detail = str(error) if told else traceback.format_exc()
     log_to_file(logging.ERROR, detail)
     if status_of(output_dir) not in (None, "running") or not first_process():
         return
-    write_metrics(output_dir, {"status": "refused" if refused else "failed", "error": detail})
+    try:
+        write_metrics(output_dir, {"status": getattr(error, "status", "refused") if told else "failed", "error": detail})
+    except WriteError:
+        pass  # the disk that failed the run: metrics.json still says `running`, i.e. not finished
 
 
 def log_to_file(level: int, message: str) -> None:
@@ -212,15 +217,18 @@ def check_command_line(config_name: str) -> None:
         sys.exit(2)
 
 
-def as_user_error(error: BaseException) -> BaseException:
+def as_user_error(error: BaseException, output_dir: str | Path = ".") -> BaseException:
     """The user's mistake inside an exception raised for it: a UserError that Hydra's instantiate
-    wrapped ("Error in call to target ..."), or Lightning's refusal of a GPU trainer without a GPU."""
+    wrapped ("Error in call to target ..."), Lightning's refusal of a GPU trainer without a GPU, or a
+    full disk."""
     from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     cause = error.__cause__ if isinstance(error, InstantiationException) else error
     if isinstance(cause, UserError):
         return cause
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):  # a write elsewhere (TensorBoard's)
+        return write_error(Path(cause.filename or output_dir), cause)
     if isinstance(cause, MisconfigurationException) and "gpu" in str(cause).lower():
         return ConfigError(f"trainer.accelerator=gpu (trainer=gpu or trainer=ddp) needs a CUDA GPU, and none is visible "
                            f"({cause}): use trainer=default, which takes what the machine has, or trainer=cpu.")
@@ -270,7 +278,7 @@ def run(task: Callable[[DictConfig], dict], cfg: DictConfig, result_key: str | N
         set_threads(cfg)
         summary = task(cfg)
     except Exception as raised:  # noqa: BLE001 - sorted out below
-        error = as_user_error(raised)
+        error = as_user_error(raised, cfg.paths.output_dir)
         record_failure(Path(cfg.paths.output_dir), error)
         if in_sweep():
             print(f"\nerror: job {HydraConfig.get().job.num} failed: {error}", file=sys.stderr)
@@ -278,7 +286,7 @@ def run(task: Callable[[DictConfig], dict], cfg: DictConfig, result_key: str | N
         if isinstance(error, UserError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
             # the message says it all; a traceback would bury it
             print(f"\nerror: {error}", file=sys.stderr)  # on its own line, whatever a progress bar left
-            sys.exit(2)
+            sys.exit(getattr(error, "exit_code", 2))
         raise raised
     if summary.get("status") == "interrupted":
         # One write: under DDP every process prints this into the same stderr at the same moment.

@@ -28,7 +28,7 @@ from resnet_onecycle.data.augment import normalize
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError, UserError
 from resnet_onecycle.models import FlipAveraged
-from resnet_onecycle.resume import run_dir_of, saved_config
+from resnet_onecycle.resume import run_dir_of, saved_config, unreadable_checkpoint
 
 SIZE = 32
 LAYERS = ("prep", "layer1", "layer2", "layer3")  # Grad-CAM targets: maps of 32, 16, 8 and 4 pixels a side
@@ -44,7 +44,7 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         checkpoint["state_dict"]
     except Exception as error:  # noqa: BLE001 - any failure means "not one of our checkpoints"
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} is not a Lightning checkpoint of this project ({error}).") from error
+        raise ConfigError(f"ckpt_path={str(ckpt_path)!r}: {unreadable_checkpoint(Path(ckpt_path), error)}") from error
     return checkpoint
 
 

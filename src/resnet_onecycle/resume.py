@@ -1,9 +1,11 @@
 """Resume: everything that makes a stopped run continue exactly where it stopped.
 
-- `resume=<run dir>` continues that run from its `checkpoints/last.ckpt` with the config it saved
-  (`.hydra/config.yaml`) plus this command's key=value overrides; `ckpt_path=<run>/checkpoints/x.ckpt`
-  continues into the checkpoint's run dir with the config composed now. `configs/hydra/default.yaml`
-  points such a run at its own dir through the resolvers registered here.
+- `resume=<run dir>` continues that run from its newest complete checkpoint (`checkpoints/last.ckpt`
+  as a rule; from the beginning when it saved none) with the config it saved (`.hydra/config.yaml`)
+  plus this command's key=value overrides; a checkpoint that cannot be read is refused, naming the
+  run's others. `ckpt_path=<run>/checkpoints/x.ckpt` continues into the checkpoint's run dir with
+  the config composed now. `configs/hydra/default.yaml` points such a run at its own dir through
+  the resolvers registered here.
 - The schedule (epochs, batch size, training subset, max LR and the other one-cycle keys) must be
   the one the run started with, since OneCycleLR's saved position only means something on it:
   `check_same_schedule` compares configs before any work; `RunGuard` compares the checkpoint's
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 import signal
@@ -38,6 +41,9 @@ from omegaconf import DictConfig, OmegaConf
 from resnet_onecycle.callbacks import AsyncCheckpointWrites
 from resnet_onecycle.errors import ConfigError, UserError
 from resnet_onecycle.framework import one_cycle_peak_step
+from resnet_onecycle.summary import final_metrics, status_of
+
+log = logging.getLogger(__name__)
 
 
 class DivergenceError(UserError):
@@ -76,7 +82,9 @@ class RunGuard(L.Callback):
     costs one host sync per check, and no checkpoint ever holds diverged weights.
 
     Its state in every checkpoint is the random generators' (torch, numpy, python, CUDA), put back
-    when training resumes, so a resumed run draws the same augmentations as an uninterrupted one.
+    when training resumes, so a resumed run draws the same augmentations as an uninterrupted one,
+    and the metrics logged so far, so a run resumed from its final epoch's checkpoint (killed while
+    testing or writing its pictures) reports the fit's metrics all the same.
     A checkpoint whose OneCycleLR state is another schedule than this run's is refused, naming
     what differs.
     """
@@ -88,6 +96,7 @@ class RunGuard(L.Callback):
         self.step_lr = float("nan")
         self.previous_handlers: dict[int, object] = {}
         self.rng_to_restore: dict | None = None
+        self.metrics_to_restore: dict[str, float] = {}
         self.saved_schedule: dict | None = None
 
     # --- signals ------------------------------------------------------------------------------
@@ -117,14 +126,27 @@ class RunGuard(L.Callback):
     def on_exception(self, trainer, module, exception) -> None:
         self.restore_handlers()
 
+    def on_fit_end(self, trainer, module) -> None:
+        # A fit resumed from its final epoch logs nothing (its sanity check even clears the metrics):
+        # the checkpoint's stand. Any epoch that ran logged its own over them.
+        for key, value in self.metrics_to_restore.items():
+            trainer.callback_metrics.setdefault(key, torch.tensor(value))
+        self.metrics_to_restore = {}
 
     # --- what a checkpoint holds ----------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return rng_states()
+        trainer = getattr(self, "trainer", None)
+        metrics = final_metrics(trainer) if trainer is not None else {}
+        return {"rng": rng_states(), "metrics": {k: v for k, v in metrics.items() if not k.startswith("test/")}}
+
+    def setup(self, trainer, module, stage: str) -> None:
+        self.trainer = trainer
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.rng_to_restore = state_dict  # put back when training starts, after model set-up drew from them
+        # put back when training starts, after model set-up drew from the generators
+        self.rng_to_restore = state_dict.get("rng", state_dict)  # a checkpoint from before the metrics: its states alone
+        self.metrics_to_restore = state_dict.get("metrics", {})
 
     def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint.get("optimizer_states")
@@ -274,7 +296,19 @@ OmegaConf.register_new_resolver("resume_output_subdir", output_subdir, replace=T
 
 def saved_config(run: Path) -> DictConfig:
     """The config a run saved; a max LR of `auto` is replaced by what its LR range test picked."""
-    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    file = Path(run) / ".hydra" / "config.yaml"
+    try:
+        saved = OmegaConf.load(file)
+        missing = [key for key in ("model", "data", "trainer") if not isinstance(saved.get(key), DictConfig)]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} section")
+    except Exception as error:  # noqa: BLE001 - a YAML error, or YAML that is no run config
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"{file} cannot be read as the run's config ({type(error).__name__}: {reason}); resume=, eval.py, predict.py "
+            f"and the app take the run's recipe from it. Restore it, or start a new run with the overrides in "
+            f"{file.parent / 'overrides.yaml'}; a checkpoint copied out of its run dir loads without it."
+        ) from error
     if OmegaConf.select(saved, "model.scheduler.max_lr") == "auto" and (run / "lr_find.json").is_file():
         saved.model.scheduler.max_lr = json.loads((run / "lr_find.json").read_text())["suggested_max_lr"]
     return saved
@@ -308,20 +342,51 @@ def with_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str], gro
 
 def resume_problem(resume: str) -> str | None:
     """Why `resume=` cannot continue that dir, or None. The command-line check asks first, so a
-    dir that is not a run is refused before Hydra makes it."""
+    dir that is not a run is refused before Hydra makes it. A run that stopped before its first
+    checkpoint starts again from the beginning."""
     run = Path(str(resume)).expanduser()
     if not (run / ".hydra" / "config.yaml").is_file():
         return (f"resume={str(resume)!r}: not a run dir (no .hydra/config.yaml in {run.resolve()}); give a dir under "
                 "logs/train/runs/.")
-    from resnet_onecycle.summary import status_of
-
     if status_of(run) == "completed":
         return (f"resume={str(resume)!r}: that run completed (its metrics.json says so); nothing is left to resume. "
                 "Start a new run, or evaluate it: python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt.")
-    if not (run / "checkpoints" / "last.ckpt").is_file():
-        return (f"resume={str(resume)!r}: the run saved no checkpoints/last.ckpt (it stopped before it saved one); "
-                "start it again instead.")
     return None
+
+
+def newest_checkpoint_of(run: Path) -> Path | None:
+    """The run's newest complete checkpoint: files are only ever moved into place whole, so
+    every `.ckpt` there is complete; usually `last.ckpt`, but a run killed while writing it has
+    that epoch's best checkpoint newer."""
+    found = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def checkpoint_problem(path: Path, resume: str | None = None) -> str | None:
+    """Why a checkpoint file cannot be read, or None: a quick look (memory-mapped) before any work."""
+    try:
+        torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
+    except Exception as error:  # noqa: BLE001 - any failure means the file cannot be resumed from
+        return unreadable_checkpoint(path, error, resume)
+    return None
+
+
+def unreadable_checkpoint(path: Path, error: BaseException, resume: str | None = None) -> str:
+    """What to say of a checkpoint that does not load: what it is likely to be, and the run's others."""
+    path = Path(path)
+    reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]  # its first sentence: torch's run long
+    others = [p.name for p in sorted(path.parent.glob("*.ckpt")) if p.name != path.name]
+    if others and resume:
+        fix = (f"resume from another of the run's checkpoints ({', '.join(others)}): "
+               f"python src/train.py resume={resume} ckpt_path={path.parent}/<one of them>")
+    elif others:
+        fix = f"give another checkpoint beside it ({', '.join(others)}): ckpt_path={path.parent}/<one of them>"
+    elif resume:
+        fix = f"there is no other checkpoint: delete it, and resume={resume} starts the run again from its beginning"
+    else:
+        fix = "give another checkpoint, or train one: python src/train.py experiment=cpu_fast"
+    return (f"{path} cannot be read as a checkpoint ({type(error).__name__}: {reason}): it was cut short (by a crash or a "
+            f"full disk) or is not a checkpoint of this project. To go on, {fix}.")
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> DictConfig:
@@ -330,10 +395,16 @@ def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> D
     if problem:
         raise ConfigError(problem)
     run = Path(cfg.resume).expanduser()
-    last = run / "checkpoints" / "last.ckpt"
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and run_dir_of(ckpt) != run.resolve():
+        raise ConfigError(f"resume={cfg.resume!r} with ckpt_path={ckpt!r}: give a checkpoint of that run, "
+                          f"under {run}/checkpoints/.")
+    ckpt = Path(ckpt) if ckpt else newest_checkpoint_of(run)
     saved = with_overrides(saved_config(run), cfg, overrides, groups)
     saved.resume = str(run)
-    saved.ckpt_path = str(last)
+    saved.ckpt_path = str(ckpt) if ckpt else None
+    if ckpt is None:
+        log.warning("resume=%s: the run saved no checkpoint before it stopped; it starts again from the beginning.", run)
     saved.paths = cfg.paths  # this command's paths (they resolve to the same run dir)
     return saved
 

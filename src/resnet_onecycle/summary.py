@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from resnet_onecycle.files import write_text
 from resnet_onecycle.framework import tensorboard_writer
 
 
@@ -104,11 +105,8 @@ def run_summary(trainer: L.Trainer, datamodule, cfg: DictConfig, status: str, st
 
 
 def write_metrics(output_dir: Path, summary: dict) -> None:
-    """metrics.json, whole or not at all: written beside it, then moved over it."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    partial = output_dir / ".metrics.json.partial"
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(partial, output_dir / "metrics.json")
+    """metrics.json, whole or not at all (`files.written_whole`)."""
+    write_text(Path(output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n", "metrics")
 
 
 def status_of(output_dir: Path) -> str | None:

@@ -24,6 +24,7 @@ from resnet_onecycle.resume import (
     RunGuard,
     TrainingInterrupted,
     check_same_schedule,
+    checkpoint_problem,
     resumed_config,
     run_dir_of,
     saved_config,
@@ -65,9 +66,10 @@ def train(cfg: DictConfig) -> dict:
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     analysis = analysis_of(cfg, "Training run report", events_dir=output_dir / "tensorboard", enabled=cfg.get("test"))
     # The guard last: an interrupted run's checkpoint is saved once every other callback has seen
-    # the step (the weight average included).
+    # the step (the weight average included). The analysis after it: at the fit's end the guard puts
+    # back the metrics of a fit resumed from its final epoch, which the analysis reads.
     callbacks = sorted(instantiate_group(cfg.get("callbacks")), key=lambda callback: isinstance(callback, RunGuard))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[analysis, *callbacks], logger=loggers)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, analysis], logger=loggers)
 
     compiled_before = compile_counters()
     start = time.perf_counter()
@@ -168,6 +170,9 @@ def check_task_keys(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file.")
+    problem = checkpoint_problem(Path(ckpt), cfg.get("resume")) if ckpt is not None else None
+    if problem:
+        raise ConfigError(problem)
     if cfg.get("test_ckpt") not in ("last", "best"):
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r} must be `last` or `best`.")
     if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":

@@ -23,6 +23,7 @@ from resnet_onecycle.analysis.gradcam import gradcam_maps, overlays  # noqa: E40
 from resnet_onecycle.analysis.misclassified import image_grid, most_confident_mistakes, plot_misclassified, title  # noqa: E402
 from resnet_onecycle.analysis.predictions import predict  # noqa: E402
 from resnet_onecycle.analysis.report import write_report  # noqa: E402
+from resnet_onecycle.files import write_text, written_whole  # noqa: E402
 from resnet_onecycle.summary import final_metrics  # noqa: E402
 
 
@@ -60,7 +61,8 @@ class Analysis(L.Callback):
         pictures = {}
 
         def save(fig, name: str) -> None:
-            fig.savefig(out / f"{name}.png")
+            with written_whole(out / f"{name}.png", "picture") as file:
+                fig.savefig(file, format="png")
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
                 if hasattr(experiment, "add_figure"):
@@ -85,7 +87,7 @@ class Analysis(L.Callback):
         matrix = confusion(predictions, len(classes))
         save(plot_confusion(matrix, classes), "confusion_matrix")
         self.per_class_accuracy = dict(zip(classes, per_class_accuracy(matrix)))
-        (out / "per_class_accuracy.json").write_text(json.dumps(self.per_class_accuracy, indent=2) + "\n")
+        write_text(out / "per_class_accuracy.json", json.dumps(self.per_class_accuracy, indent=2) + "\n", "report")
         metrics = {**self.fit_metrics, **final_metrics(trainer)}
         write_report(out / "report.md", self.title, metrics, trainer, module, self.per_class_accuracy, pictures,
                      self.gradcam_layer, self.weights)

@@ -10,6 +10,8 @@ import inspect
 
 from lightning.pytorch.callbacks import WeightAveraging
 
+from resnet_onecycle.files import write_text
+
 
 def number(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
@@ -81,4 +83,4 @@ def write_report(path, title: str, metrics: dict, trainer, module, class_accurac
         lines += ["", f"## {heading}", "", text, "", f"![{heading}]({file})"]
     lines += ["", "## Per-class accuracy", "", "| class | accuracy |", "| --- | --- |"]
     lines += [f"| {name} | {acc:.4f} |" for name, acc in class_accuracy.items()]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n", "report")

@@ -1,21 +1,28 @@
 """A uint8 .npz cache per source in `data_dir`, so each source is decoded once.
 
 The cache records which source (path, size, modification time) and which cache version made
-it; a cache that does not match, or does not load, is rebuilt from the source, never trusted.
-It is written to a temporary file and renamed, so a killed run leaves no half-written cache.
+it; a cache that does not match is rebuilt from the source, and one that does not load is rebuilt
+with a warning, never trusted. It is written whole or not at all (`files.written_whole`), so a
+killed run or a full disk leaves the cache that was there. Processes that find it missing at the
+same moment (two shells, a parallel sweep) take turns on a lock beside it: the first decodes, the
+others read what it wrote.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-import os
-import tempfile
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from resnet_onecycle.data.sources import SPLITS, Split, check_source, load_source
+from resnet_onecycle.files import write_error, written_whole
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 
@@ -40,42 +47,60 @@ def cache_path(source: str, data_dir: Path) -> Path:
     return Path(data_dir) / f"cifar10-{name}-{digest}.npz"
 
 
-def read_cache(path: Path, identity: dict) -> dict[str, Split] | None:
-    """The cached splits, or None when the cache is missing, stale or damaged."""
+def read_cache(path: Path, identity: dict) -> tuple[dict[str, Split] | None, str | None]:
+    """(the cached splits, None), or (None, why not) when the cache is stale or damaged; (None,
+    None) when there is none."""
+    if not path.exists():
+        return None, None
     try:
         with np.load(path) as npz:
             if json.loads(str(npz["identity"])) != identity:
-                return None
+                return None, "stale"
             splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS}
-    except Exception:  # noqa: BLE001 - a cache that does not load is rebuilt
-        return None
+    except Exception as error:  # noqa: BLE001 - a cache that does not load is rebuilt
+        return None, f"{type(error).__name__}: {error}"
     for split in splits.values():
         if split.images.dtype != np.uint8 or split.images.shape[1:] != (3, 32, 32) or len(split.images) != len(split.labels):
-            return None
-    return splits
+            return None, "arrays of the wrong shape"
+    return splits, None
 
 
 def write_cache(path: Path, identity: dict, splits: dict[str, Split]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{s}_{field}": getattr(splits[s], field) for s in SPLITS for field in ("images", "labels")}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    with written_whole(path, "cache") as f:
+        np.savez(f, identity=json.dumps(identity), **arrays)
+
+
+@contextmanager
+def turn(path: Path):
+    """The cache's lock (`.<name>.lock` beside it), held while it is read again and built."""
+    lock = path.with_name(f".{path.name}.lock")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, identity=json.dumps(identity), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(lock, "a")
+    except OSError as error:
+        raise write_error(lock, error) from error
+    with file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # let go by the system if the holder is killed
+        yield
 
 
 def load_cached(source: str, data_dir: str | Path) -> tuple[dict[str, Split], Path, bool]:
     """(splits, cache path, whether it was rebuilt). Decodes the source only when needed."""
-    data_dir = Path(data_dir)
     identity = source_identity(source)
-    path = cache_path(source, data_dir)
-    splits = read_cache(path, identity)
+    path = cache_path(source, Path(data_dir))
+    splits, _ = read_cache(path, identity)
     if splits is not None:
         return splits, path, False
-    splits = load_source(source, data_dir)
-    write_cache(path, identity, splits)
+    with turn(path):
+        splits, problem = read_cache(path, identity)  # another process may have built it meanwhile
+        if splits is not None:
+            return splits, path, False
+        if problem == "stale":
+            log.info("The data cache %s was made from another version of %s: rebuilding it.", path, source)
+        elif problem:
+            log.warning("The data cache %s is damaged (%s): rebuilding it from %s.", path, problem, source)
+        log.info("Decoding %s into the cache %s (once for this source).", source, path)
+        splits = load_source(source, data_dir)
+        write_cache(path, identity, splits)
     return splits, path, True
