@@ -295,3 +295,17 @@ def test_a_full_disk_under_a_library_write_is_named_too(tmp_path):
     assert isinstance(unnamed, WriteError) and f"could not write {tmp_path}: No space left" in str(unnamed)
     other = OSError(errno.EIO, "Input/output error")
     assert as_user_error(other, tmp_path) is other  # anything else keeps its traceback
+
+
+def test_a_sweep_summary_lists_a_killed_job_as_not_completed(tmp_path):
+    from resnet_onecycle.sweep_summary import collect, write_markdown
+
+    for job, metrics in enumerate(({"status": "completed", "test/acc": 0.5}, {"status": "running", "pid": 1})):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps(metrics))
+    swept, rows = collect(tmp_path)
+    assert [r["status"] for r in rows] == ["completed", "running"]
+    write_markdown(tmp_path / "summary.md", tmp_path, swept, rows)
+    text = (tmp_path / "summary.md").read_text()
+    assert "2 jobs, 1 completed" in text and "- job 1 (running)" in text

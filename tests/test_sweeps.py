@@ -51,6 +51,9 @@ def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, 
     assert "model.scheduler.max_lr=-1 must be a number greater than 0" in rows[1]["error"]
     assert rows[0]["test_acc"] and rows[2]["test_acc"] and not rows[1]["test_acc"]
     assert "Jobs that did not complete" in (sweep_dir / "summary.md").read_text()
+    # two jobs at once on a cold cache: one whole cache, nothing half-written left
+    assert [p.suffix for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [".npz"]
+    assert not list((tmp_path / "cache").glob(".*.partial"))
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, image_tree):
