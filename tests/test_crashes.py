@@ -64,10 +64,12 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """The metrics of the same run, never stopped."""
+    """The metrics of the same run, never stopped (in this process: the same numbers, sooner)."""
+    from conftest import compose_train
+    from resnet_onecycle.tasks import train as train_here
+
     tmp = tmp_path_factory.mktemp("reference")
-    done = train(*COMMON, f"data.source={data}", f"paths.data_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}")
-    assert done.returncode == 0, done.stderr[-2000:]
+    train_here(compose_train([*COMMON, f"data.source={data}", f"paths.data_dir={tmp / 'cache'}"], tmp))
     return json.loads((tmp / "run" / "metrics.json").read_text())
 
 
@@ -239,6 +241,12 @@ def test_checkpoints_cut_short_and_a_garbled_run_config_are_named_with_what_to_d
         with pytest.raises(ConfigError, match=f"{last} cannot be read as a checkpoint .* ckpt_path={run / 'checkpoints'}/<one"):
             load(last)
     assert Classifier.load(run / "checkpoints" / "epoch000.ckpt").net is not None
+
+    auto = compose_train(["debug=fast", "model.scheduler.max_lr=auto"], tmp_path / "composed")
+    OmegaConf.save(auto, run / ".hydra" / "config.yaml")
+    (run / "lr_find.json").write_text('{"suggested_max_lr": 0.0')  # cut short
+    with pytest.raises(ConfigError, match=f"{run / 'lr_find.json'} cannot be read .* delete it"):
+        resumed_config(compose_train([f"resume={run}"], tmp_path / "again"), [], set())
 
     for garbled in ("model: {net: [unclosed\n", "just a sentence\n"):
         (run / ".hydra" / "config.yaml").write_text(garbled)

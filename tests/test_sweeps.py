@@ -43,13 +43,13 @@ def test_two_job_sweep_gives_two_job_dirs_and_a_summary(tmp_path, image_tree):
 
 
 def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, image_tree):
-    result, sweep_dir = sweep(tmp_path, image_tree, "hydra/launcher=parallel", "model.scheduler.max_lr=0.05,-1,0.1")
+    result, sweep_dir = sweep(tmp_path, image_tree, "hydra/launcher=parallel", "model.scheduler.max_lr=0.05,-1")
     assert result.returncode == 1
     assert "jobs [1] did not complete" in result.stderr
     rows = summary_rows(sweep_dir)
-    assert [r["status"] for r in rows] == ["completed", "refused", "completed"]  # a bad value: refused
+    assert [r["status"] for r in rows] == ["completed", "refused"]  # a bad value: refused
     assert "model.scheduler.max_lr=-1 must be a number greater than 0" in rows[1]["error"]
-    assert rows[0]["test_acc"] and rows[2]["test_acc"] and not rows[1]["test_acc"]
+    assert rows[0]["test_acc"] and not rows[1]["test_acc"]
     assert "Jobs that did not complete" in (sweep_dir / "summary.md").read_text()
     # two jobs at once on a cold cache: one whole cache, nothing half-written left
     assert [p.suffix for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [".npz"]
@@ -104,10 +104,11 @@ def test_optuna_sweep_runs_trials_and_summarizes_them(tmp_path, image_tree):
 @pytest.mark.parametrize("name, key, values", [("max_lr", "model.scheduler.max_lr", "0.01,0.02,0.05"),
                                                ("epochs", "trainer.max_epochs", "20,40")])
 def test_named_sweeps_set_the_sweeper_params(name, key, values):
-    result = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), f"sweep={name}", "--cfg", "hydra"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{key}: {values}" in result.stdout
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"sweep={name}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params[key] == values
 
 
 def test_num_threads_is_a_whole_number_or_null():

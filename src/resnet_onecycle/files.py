@@ -41,7 +41,7 @@ def write_error(path: Path, error: OSError) -> WriteError:
         fix = "make that folder writable, or write elsewhere (paths.log_dir, paths.data_dir)"
     else:
         fix = "check that disk, then run again"
-    return WriteError(f"could not write {path}: {reason}. What it held before is unchanged; {fix}.")
+    return WriteError(f"could not write {path}: {reason}. Any earlier version of it is kept; {fix}.")
 
 
 passed: Counter = Counter()

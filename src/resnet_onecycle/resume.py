@@ -309,8 +309,13 @@ def saved_config(run: Path) -> DictConfig:
             f"and the app take the run's recipe from it. Restore it, or start a new run with the overrides in "
             f"{file.parent / 'overrides.yaml'}; a checkpoint copied out of its run dir loads without it."
         ) from error
-    if OmegaConf.select(saved, "model.scheduler.max_lr") == "auto" and (run / "lr_find.json").is_file():
-        saved.model.scheduler.max_lr = json.loads((run / "lr_find.json").read_text())["suggested_max_lr"]
+    found = Path(run) / "lr_find.json"
+    if OmegaConf.select(saved, "model.scheduler.max_lr") == "auto" and found.is_file():
+        try:
+            saved.model.scheduler.max_lr = float(json.loads(found.read_text())["suggested_max_lr"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{found} cannot be read ({type(error).__name__}: {error}): delete it, and the LR range "
+                              "test runs again.") from error
     return saved
 
 
