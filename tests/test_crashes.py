@@ -83,10 +83,9 @@ def assert_same_end(run: Path, reference: dict) -> None:
 
 def test_killed_at_each_moment_a_run_reads_running_and_resumes_to_the_same_end(tmp_path, data, reference):
     """SIGKILL while the cache is written, while a checkpoint is written (training goes on beside
-    the writer) and while the pictures are written; after each, resume= goes on from the newest
-    complete checkpoint (from the start when there is none), and the run ends as one that never
-    stopped. (A kill while metrics.json or the report is written takes the same road as the
-    pictures: the fit is done, its final checkpoint is there.)"""
+    the writer), while the pictures are written and while the final metrics.json is written; after
+    each, resume= goes on from the newest complete checkpoint (from the start when there is none),
+    and the run ends as one that never stopped."""
     run, cache, flag = tmp_path / "run", tmp_path / "cache", tmp_path / "paused"
     first = [*COMMON, f"data.source={data}", f"paths.data_dir={cache}", f"hydra.run.dir={run}"]
     resume = [f"resume={run}", f"paths.data_dir={cache}", "callbacks.progress_bar.refresh_rate=0"]
@@ -104,6 +103,11 @@ def test_killed_at_each_moment_a_run_reads_running_and_resumes_to_the_same_end(t
 
     kill(paused(flag, "picture:2", *resume), flag)  # training done, testing done, some pictures written
     assert status(run) == "running" and not (run / "misclassified.png").exists()
+
+    process = paused(flag, "metrics:2", *resume)  # all else written, metrics.json about to say completed
+    assert (run / "report.md").is_file() and (run / ".metrics.json.partial").is_file()
+    kill(process, flag)
+    assert status(run) == "running"
 
 
     done = train(*resume)
