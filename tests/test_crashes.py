@@ -171,7 +171,7 @@ def test_writes_on_a_full_disk_name_the_file_and_keep_what_was_there(tmp_path, i
 
     from resnet_onecycle.callbacks import AsyncCheckpointWrites
     from resnet_onecycle.data.cache import cache_path, load_cached, read_cache, source_identity, write_cache
-    from resnet_onecycle.files import WriteError, written_whole
+    from resnet_onecycle.files import WriteError, save_figure
     from resnet_onecycle.summary import write_metrics
 
     with small_disk(tmp_path / "disk", "2m") as disk:
@@ -181,18 +181,13 @@ def test_writes_on_a_full_disk_name_the_file_and_keep_what_was_there(tmp_path, i
         writes.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, disk / "epoch000.ckpt")
         writes.wait()
         figure = plt.figure()
-        with written_whole(disk / "curves.png", "picture") as file:
-            figure.savefig(file, format="png")
+        save_figure(figure, disk / "curves.png")
         before = {p.name: p.read_bytes() for p in disk.iterdir()}
         fill(disk)
 
-        def picture() -> None:
-            with written_whole(disk / "curves.png", "picture") as file:
-                figure.savefig(file, format="png")
-
         for name, attempt in (("metrics.json", lambda: write_metrics(disk, {"status": "completed", "test/acc": 0.5})),
                               (cache.name, lambda: write_cache(cache, source_identity(str(image_tree)), splits)),
-                              ("curves.png", picture)):
+                              ("curves.png", lambda: save_figure(figure, disk / "curves.png"))):
             with pytest.raises(WriteError, match=f"could not write {disk / name}: No space left on device"):
                 attempt()
         # a new best checkpoint that fails, then the removal of the old one that was queued after it
@@ -216,7 +211,7 @@ def test_checkpoints_cut_short_and_a_garbled_run_config_are_named_with_what_to_d
     from conftest import compose_train
     from resnet_onecycle.inference import Classifier, read_checkpoint
     from resnet_onecycle.models import MixedResNet
-    from resnet_onecycle.resume import resumed_config
+    from resnet_onecycle.resume import checkpoint_problem, resumed_config
     from resnet_onecycle.tasks import check_task_keys
 
     run = tmp_path / "run"
@@ -240,6 +235,14 @@ def test_checkpoints_cut_short_and_a_garbled_run_config_are_named_with_what_to_d
     resumed = resumed_config(compose_train([f"resume={run}", f"ckpt_path={run / 'checkpoints' / 'epoch000.ckpt'}"],
                                            tmp_path / "again"), [f"resume={run}"], set())
     check_task_keys(resumed)  # the best one is whole: resume goes on from it
+    with pytest.raises(ConfigError, match=f"ckpt_path=.*: give a checkpoint of that run, under {run}/checkpoints/"):
+        resumed_config(compose_train([f"resume={run}", f"ckpt_path={tmp_path / 'elsewhere.ckpt'}"], tmp_path / "again"),
+                       [], set())
+    alone = tmp_path / "alone" / "checkpoints" / "last.ckpt"
+    alone.parent.mkdir(parents=True)
+    alone.write_bytes(whole[:100])
+    assert f"there is no other checkpoint: delete it, and resume={tmp_path / 'alone'} starts the run again" in \
+        checkpoint_problem(alone, str(tmp_path / "alone"))
 
     for load in (read_checkpoint, Classifier.load):  # eval.py; predict.py, export.py and the app
         with pytest.raises(ConfigError, match=f"{last} cannot be read as a checkpoint .* ckpt_path={run / 'checkpoints'}/<one"):
@@ -321,3 +324,17 @@ def test_a_sweep_summary_lists_a_killed_job_as_not_completed(tmp_path):
     write_markdown(tmp_path / "summary.md", tmp_path, swept, rows)
     text = (tmp_path / "summary.md").read_text()
     assert "2 jobs, 1 completed" in text and "- job 1 (running)" in text
+
+
+def test_a_read_only_disk_is_named_with_its_fix(tmp_path, image_tree):
+    from resnet_onecycle.data.cache import load_cached
+    from resnet_onecycle.files import WriteError
+    from resnet_onecycle.summary import write_metrics
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(WriteError, match=f"could not write {disk / 'metrics.json'}: Read-only file system.*"
+                                             "make that folder writable, or write elsewhere"):
+            write_metrics(disk, {"status": "running"})
+        with pytest.raises(WriteError, match=r"could not write .*/\.cifar10-.*\.npz\.lock: Read-only file system"):
+            load_cached(str(image_tree), disk)  # the cache's lock, before any decoding

@@ -119,8 +119,9 @@ class AsyncCheckpointWrites(TorchCheckpointIO):
 
     def write_file(self, checkpoint: dict, path, storage_options=None) -> None:
         """`torch.save` straight into a file beside the target, which replaces it once complete
-        (`files.written_whole`). Lightning's save pickles into a `BytesIO` and copies it out, holding the GIL through both
-        (benchmarks/checkpoint_writes.py). Remote paths and storage options go through Lightning's."""
+        (`files.written_whole`). Lightning's save pickles into a `BytesIO` and copies it out,
+        holding the GIL through both (benchmarks/checkpoint_writes.py). Remote paths and storage
+        options go through Lightning's."""
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with written_whole(path, "checkpoint") as file:

@@ -73,9 +73,18 @@ def written_whole(path: str | Path, kind: str, mode: str = "wb") -> Iterator:
     except OSError as error:
         raise write_error(path, error) from error
     finally:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # a read-only disk refuses even to remove what is not there
+            pass
 
 
 def write_text(path: str | Path, text: str, kind: str) -> None:
     with written_whole(path, kind, "w") as file:
         file.write(text)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """A matplotlib figure as a PNG, written whole."""
+    with written_whole(path, "picture") as file:
+        fig.savefig(file, format="png")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resnet_onecycle.analysis import Analysis
 from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.files import write_text, written_whole
+from resnet_onecycle.files import save_figure, write_text
 from resnet_onecycle.framework import compile_counters
 from resnet_onecycle.lr_find import plot_lr_find, run_lr_find
 from resnet_onecycle.module import CUDA_GRAPH_MODES, compile_mode
@@ -218,8 +218,7 @@ def lr_range_test(cfg: DictConfig, datamodule, output_dir: Path, loggers=()) -> 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text(output_dir / "lr_find.json", json.dumps(result, indent=2) + "\n", "report")  # resume= reads it
     fig = plot_lr_find(result)
-    with written_whole(output_dir / "lr_find.png", "picture") as file:
-        fig.savefig(file, format="png")
+    save_figure(fig, output_dir / "lr_find.png")
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure("lr_find", fig, close=False)

@@ -23,7 +23,7 @@ from resnet_onecycle.analysis.gradcam import gradcam_maps, overlays  # noqa: E40
 from resnet_onecycle.analysis.misclassified import image_grid, most_confident_mistakes, plot_misclassified, title  # noqa: E402
 from resnet_onecycle.analysis.predictions import predict  # noqa: E402
 from resnet_onecycle.analysis.report import write_report  # noqa: E402
-from resnet_onecycle.files import write_text, written_whole  # noqa: E402
+from resnet_onecycle.files import save_figure, write_text  # noqa: E402
 from resnet_onecycle.summary import final_metrics  # noqa: E402
 
 
@@ -61,8 +61,7 @@ class Analysis(L.Callback):
         pictures = {}
 
         def save(fig, name: str) -> None:
-            with written_whole(out / f"{name}.png", "picture") as file:
-                fig.savefig(file, format="png")
+            save_figure(fig, out / f"{name}.png")
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
                 if hasattr(experiment, "add_figure"):
