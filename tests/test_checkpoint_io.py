@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from torch import nn
 
 from resnet_onecycle.callbacks import AsyncCheckpointWrites
+from resnet_onecycle.files import WriteError
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ def test_a_failed_write_is_raised_on_the_next_call(tmp_path):
     io = AsyncCheckpointWrites()
     (tmp_path / "file").write_text("not a folder")
     io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "file" / "a.ckpt")
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match=f"could not write {tmp_path / 'file' / 'a.ckpt'}"):  # the OSError, named
         io.teardown()
     io.teardown()  # raised once
 
