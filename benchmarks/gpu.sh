@@ -19,7 +19,22 @@
 #   OUT=/tmp/dry DATA=... RECIPE="experiment=seed data.subset=2048 data.test_subset=1024 model.net.width=0.125 trainer.max_epochs=6 trainer=cpu" BUDGET=600 bash benchmarks/gpu.sh
 RECIPE=${RECIPE:-experiment=seed trainer=gpu}
 BENCH_EPOCHS=${BENCH_EPOCHS:-5}
-source "$(dirname "$0")/stages.sh"
+# Where results go, the data, a scratch dir for runs and caches, and stages that are skipped when
+# too little of BUDGET (seconds) is left.
+set -uo pipefail
+OUT=${OUT:-gpu-results}
+DATA=${DATA:-.device/cifar10-jpeg.tar.gz}
+BUDGET=${BUDGET:-520}          # seconds the script may use in all
+mkdir -p "$OUT"
+work=$(mktemp -d)
+common=(data.source="$DATA" paths.data_dir="$work/data" paths.log_dir="$work/logs")
+
+left() { echo $((BUDGET - SECONDS)); }
+
+fits() {  # fits NAME NEEDED_SECONDS: announce the stage, or say why it is skipped
+  if (( $(left) < $2 )); then echo "== skip $1: $(left) s left"; return 1; fi
+  echo "== $1 ($(left) s left)"
+}
 
 train() {  # train NAME NEEDED_SECONDS OVERRIDES...
   local name=$1 need=$2; shift 2

@@ -205,6 +205,16 @@ def test_the_curves_lr_is_the_schedule_at_every_step(trained_run):
     assert max(lrs) == pytest.approx(cfg.model.scheduler.max_lr) and lrs.index(max(lrs)) == 7  # peak at epoch 1's end
 
 
+def test_the_curves_put_each_point_at_the_epoch_it_was_logged_in():
+    from resnet_onecycle.analysis.curves import plot_curves
+
+    train = [(7, 2.0), (15, 1.5), (23, 1.0)]  # 3 epochs of 8 steps, validated once, after the last
+    fig = plot_curves({"train/loss": train, "train/acc": train, "val/loss": [(23, 1.2)], "val/acc": [(23, 0.6)]},
+                      val_is_test=True, schedule=[0.1] * 24)
+    for ax in fig.axes[:2]:
+        assert [list(line.get_xdata()) for line in ax.lines] == [[1, 2, 3], [3]]
+
+
 def metrics_steps(run_dir) -> int:
     return json.loads((run_dir / "metrics.json").read_text())["global_steps"]
 

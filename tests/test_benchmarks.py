@@ -164,3 +164,27 @@ def test_lr_sweep_sets_the_range_tests_suggestion_against_the_sweeps_band(tmp_pa
     assert result["band"] == [pytest.approx(math.sqrt(0.01 * 0.02), abs=1e-4), pytest.approx(math.sqrt(0.05 * 0.1), abs=1e-4)]
     assert result["suggestion"] == pytest.approx(0.03, rel=0.1) and result["inside"] is True
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_gpu_recipes_picks_by_held_out_accuracy_and_cuts_epochs_to_the_fit_target():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_recipes as g
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    held_out = {"fast_best": {"status": "completed", "val/acc": 0.930}, "no_tta": {"status": "completed", "val/acc": 0.925},
+                "max_lr_0.2": {"status": "completed", "val/acc": 0.933}, "ema_0.99": {"status": "failed"}}
+    assert g.pick(held_out) == "max_lr_0.2"
+    assert g.pick({**held_out, "max_lr_0.2": {"status": "completed", "val/acc": 0.930}}) == "fast_best"  # a tie: listed first
+    # 16.7 s at 24 epochs of 0.6 s: 2.15 s over 97% of 15 s, so 4 epochs cut
+    assert g.epochs_within({"fit_time_s": 16.7, "epoch_time_s_median": 0.6}, 24, 15.0) == 20
+    assert g.epochs_within({"fit_time_s": 14.5, "epoch_time_s_median": 0.6}, 24, 15.0) == 24
+    assert g.schedule(20) == ["trainer.max_epochs=20", "model.scheduler.peak_epoch=4"]
+    runs = [{"status": "completed", "epochs": 20, "test/acc": a, "fit_time_s": f} for a, f in ((0.93, 14.1), (0.94, 14.3))]
+    result = g.recipe_result([*runs, {"status": "diverged"}, None], ["experiment=fast_best"])
+    assert result["runs"] == 2 and result["test_acc"]["mean"] == 0.935 and result["fit_time_s_max"] == 14.3
+    assert result["test_acc"]["std"] == pytest.approx(statistics.stdev([0.93, 0.94]), abs=1e-4)
+    markdown = g.summary_markdown({"date": "d", "held_out": {"fast_best": {"overrides": [], "val_acc": 0.93, "fit_time_s": 13.0}},
+                                   "chosen": "fast_best", "fast_best": result})
+    assert "| fast_best (chosen) | - | 93.00% | 13.0 s |" in markdown
+    assert "| fast_best | experiment=fast_best | 20 | 93.50% ± 0.71 | 93.00%, 94.00% | 14.2 s (14.3 s) |" in markdown

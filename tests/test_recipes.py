@@ -3,10 +3,12 @@ the named recipes that use them."""
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_resume import SMALL, run
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_resume import SMALL, final_weights, run
 from test_schedule import trajectory
 
 from conftest import compose_train
@@ -139,3 +141,33 @@ def test_weight_averaging_tests_the_average_and_survives_a_resume(tmp_path, imag
         assert torch.equal(again["state_dict"][key], averaged[key]), key
         assert torch.equal(again["current_model_state"][key], raw[key]), key
     assert resumed["test/loss"] == reference["test/loss"]
+
+
+class CrashAtEpochStart(L.Callback):
+    """Raises at the start of epoch `epoch`, as a crash between two epochs would stop the run."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("crash")
+
+
+def test_fast_best_validates_once_yet_saves_every_epoch_and_resumes_exactly(tmp_path, image_tree):
+    recipe = ["experiment=fast_best", "model.scheduler.peak_epoch=1"]
+    reference, ref_dir = run(tmp_path, "a", image_tree, *recipe)
+    events = EventAccumulator(str(ref_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [23]  # once, after the last of 24 steps
+    assert sorted(p.name for p in (ref_dir / "checkpoints").iterdir()) == ["epoch002.ckpt", "last.ckpt"]
+
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path, "b", image_tree, *recipe, extra_callbacks=[{"_target_": "test_recipes.CrashAtEpochStart", "epoch": 2}])
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 16  # epoch 1's end, which did not validate
+    resumed, run_dir = run(tmp_path, "b", image_tree, *recipe, f"ckpt_path={last}")
+    assert resumed["global_steps"] == 24 and resumed["test/acc"] == reference["test/acc"]
+    assert resumed["test/loss"] == reference["test/loss"]
+    weights, reference_weights = final_weights(run_dir), final_weights(ref_dir)
+    assert all(torch.equal(weights[k], reference_weights[k]) for k in reference_weights)

@@ -39,16 +39,17 @@ def plot_curves(scalars: dict, val_is_test: bool, schedule: list[float] | None =
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
     val_name = "test" if val_is_test else "validation"
+    steps_per_epoch = steps_per_epoch_of(scalars)
     for ax, metric in zip(axes, ("loss", "acc")):
         for tag, label, style in ((f"train/{metric}", "train", "-o"), (f"val/{metric}", val_name, "-s")):
-            values = [v for _, v in scalars.get(tag, [])]
-            ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=label)
+            # at the epoch each was logged in: a run that validates less often has fewer val points
+            points = scalars.get(tag, [])
+            ax.plot([(s + 1) / steps_per_epoch for s, _ in points], [v for _, v in points], style, markersize=3, label=label)
         ax.set_xlabel("epoch")
         ax.set_title({"loss": "cross-entropy loss", "acc": "accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     lrs = list(enumerate(schedule)) if schedule else scalars.get("lr-SGD", [])
-    steps_per_epoch = steps_per_epoch_of(scalars)
     # the LR of step s is drawn at the end of that step, so epoch k's steps end at x = k
     axes[2].plot([(s + 1) / steps_per_epoch for s, _ in lrs], [v for _, v in lrs], color="tab:red")
     axes[2].set_xlabel("epoch")
