@@ -221,9 +221,9 @@ def metrics_steps(run_dir) -> int:
 
 def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
     tmp, _, run_dir, _console = trained_run
-    result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}",
-                    f"paths.data_dir={tmp / 'cache'}")
+    result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Decoding" not in result.stdout + result.stderr  # the run's own data dir and cache, not ./data
     (eval_dir,) = (tmp / "logs" / "eval" / "runs").iterdir()
     trained = json.loads((run_dir / "metrics.json").read_text())
     evaluated = json.loads((eval_dir / "metrics.json").read_text())

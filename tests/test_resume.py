@@ -188,9 +188,11 @@ def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
         check_same_schedule(another)
 
     resumed = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), f"resume={run_dir}",
-                              "callbacks.progress_bar.refresh_rate=0", f"paths.data_dir={tmp_path / 'cache'}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+                              "callbacks.progress_bar.refresh_rate=0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    console = resumed.stdout + resumed.stderr
+    assert "Decoding" not in console  # the run's own data dir and cache, not ./data
+    assert "WARNING" not in console  # nor Lightning's word on a checkpoint dir that is the run's own
     assert list(runs.iterdir()) == [run_dir]  # the same run dir, no new one
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 12 and metrics["global_steps"] == 12 * 15

@@ -156,9 +156,9 @@ def test_onnx_export_agrees_with_torch_at_batch_1_and_7(trained, tmp_path):
     from resnet_onecycle.tasks import export
 
     tmp, tree, ckpt = trained
-    cfg = compose_task("export", [f"ckpt_path={ckpt}", f"data_source={tree}", f"paths.data_dir={tmp / 'cache'}",
-                                  "check_images=7", "measure_speed=false"], tmp_path)
-    export(cfg)
+    cfg = compose_task("export", [f"ckpt_path={ckpt}", "check_images=7", "measure_speed=false"], tmp_path)
+    export(cfg)  # on the run's own test data, from its cache
+    assert not (tmp_path / "data").exists()  # not decoded again under this command's default data dir
     record = json.loads((tmp_path / "run" / "model.export.json").read_text())
     assert [c["images"] for c in record["check"]["batches"]] == [1, 7]
     assert all(c["max_abs_logit_difference"] <= 1e-5 * max(1, c["max_abs_logit"]) and c["top1_agreement"] == 1.0

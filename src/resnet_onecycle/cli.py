@@ -66,6 +66,12 @@ def quiet_console() -> None:
             logger.addFilter(DropTips())
     # Lightning 2.6 asks torch's pytree for `LeafSpec`, which torch >= 2.10 deprecates
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    # Two that are not true of a resumed run here: its checkpoint dir with files in it is its own (every
+    # run has a dir of its own), and a mid-epoch resume is exact, since the DataModule carries the
+    # batches' position (data/cifar10.py, tests/test_resume.py).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=Warning)
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended",
+                            category=Warning)
     # The warnings that remain go through logging: to the console and into the run's log file.
     logging.captureWarnings(True)
 

@@ -405,13 +405,26 @@ def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> D
         raise ConfigError(f"resume={cfg.resume!r} with ckpt_path={ckpt!r}: give a checkpoint of that run, "
                           f"under {run}/checkpoints/.")
     ckpt = Path(ckpt) if ckpt else newest_checkpoint_of(run)
-    saved = with_overrides(saved_config(run), cfg, overrides, groups)
+    original = saved_config(run)
+    saved = with_overrides(original, cfg, overrides, groups)
     saved.resume = str(run)
     saved.ckpt_path = str(ckpt) if ckpt else None
     if ckpt is None:
         log.warning("resume=%s: the run saved no checkpoint before it stopped; it starts again from the beginning.", run)
     saved.paths = cfg.paths  # this command's paths (they resolve to the same run dir)
+    saved.paths.data_dir = run_data_dir(original, cfg)
     return saved
+
+
+def run_data_dir(run_config: DictConfig | None, cfg: DictConfig) -> str:
+    """paths.data_dir for a command on an earlier run: this command's where it names one, else the
+    one that run was given, so that its cache (or its download) is not made again under ./data."""
+    def named(config: DictConfig | None) -> str | None:
+        paths = config.get("paths") if config is not None else None
+        value = OmegaConf.to_container(paths, resolve=False).get("data_dir") if paths is not None else None
+        return value if isinstance(value, str) and "${" not in value else None  # an interpolation: the default
+
+    return named(cfg) or named(run_config) or cfg.paths.data_dir
 
 
 def check_same_schedule(cfg: DictConfig) -> None:

@@ -27,6 +27,7 @@ from resnet_onecycle.resume import (
     check_same_schedule,
     checkpoint_problem,
     resumed_config,
+    run_data_dir,
     run_dir_of,
     saved_config,
     with_overrides,
@@ -123,6 +124,7 @@ def evaluate(cfg: DictConfig) -> dict:
         saved = saved_config(run)
         with open_dict(cfg):
             cfg.model, cfg.data = with_overrides(saved, cfg, *command_line(), keys=("model", "data"))
+            cfg.paths.data_dir = run_data_dir(saved, cfg)
             # the recipe the checkpoint was trained with, for report.md and the saved config
             cfg.trainer.max_epochs, cfg.seed = saved.trainer.max_epochs, saved.seed
         if (output_dir / ".hydra").is_dir():  # Hydra saved the config composed for eval.py
@@ -388,7 +390,7 @@ def export(cfg: DictConfig) -> dict:
         raise ConfigError(f"check_images={cfg.check_images!r} must be a whole number >= 2 (batch 1 is checked too).")
     output_dir = Path(cfg.paths.output_dir)
     classifier = Classifier.load(checkpoint_of(cfg))
-    images = test_split(classifier, cfg.data_source, cfg.paths.data_dir)[0][: cfg.check_images]
+    images = test_split(classifier, cfg.data_source, run_data_dir(classifier.config, cfg))[0][: cfg.check_images]
     path = output_dir / "model.onnx"
     export_onnx(classifier, path, cfg.opset)
     session = onnx_session(path)
@@ -432,7 +434,7 @@ def app(cfg: DictConfig) -> dict:
     classifier = Classifier.load(checkpoint_of(cfg))
     output_dir = Path(cfg.paths.output_dir)
     try:
-        test = test_split(classifier, cfg.data_source, cfg.paths.data_dir)
+        test = test_split(classifier, cfg.data_source, run_data_dir(classifier.config, cfg))
     except UserError as error:
         log.warning("No test data for the Mistakes tab and the examples: %s", error)
         test = None
