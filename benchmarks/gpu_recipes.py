@@ -6,7 +6,9 @@
    split. Where the first seed's fit takes longer than --fit-target seconds, the epochs are cut to
    what fits (`epochs_within`, the peak epoch scaled with them) and every seed runs at that length;
 3. fast: `experiment=fast` over --seeds;
-4. `benchmarks/accuracy.py` on `experiment=fast`: the project against a plain loop, over --seeds.
+4. `benchmarks/accuracy.py` on `experiment=fast`: the project against a plain loop, over --seeds;
+5. for the record, fast_best's first seed through `model.compile=true` (CUDA graphs), whose fit
+   holds its compilation: another way to the fit target, at its full length.
 
 Every run is its own process, as a user's would be, with the pictures off (`analysis.enabled=false`:
 they change neither the fit nor the test). A stage is skipped when less of --budget is left than
@@ -191,6 +193,10 @@ def main() -> None:
         fast = stages.seeds("fast", "experiment=fast", *length)
         result["fast"] = recipe_result(fast, ["experiment=fast", *length])
         accuracy_benchmark(stages, result)
+        if "chosen" in result:
+            recipe = ["experiment=fast_best", *CANDIDATES[result["chosen"]], *length, "model.compile=true"]
+            compiled = stages.train(f"fast_best_compiled_seed{args.seeds[0]}", *recipe, f"seed={args.seeds[0]}")
+            result["fast_best_compiled"] = recipe_result([compiled], recipe)
         first = next((r for r in [*held_out.values(), *fast] if r), {})
         result["device"], result["torch"] = first.get("device"), first.get("torch")
     (args.out / "summary.json").write_text(json.dumps(result, indent=2))
@@ -212,7 +218,7 @@ def summary_markdown(result: dict) -> str:
         lines.append(f"| {name}{chosen} | {overrides} | {percent(run['val_acc'])} | {run['fit_time_s']} s |")
     lines += ["", "| recipe | overrides | epochs | test acc, mean ± std | each seed | fit, mean (max) |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for name in ("fast", "fast_best", "fast_best_at_full_length"):
+    for name in ("fast", "fast_best", "fast_best_at_full_length", "fast_best_compiled"):
         r = result.get(name)
         if not r or not r["runs"]:
             continue
