@@ -424,7 +424,7 @@ def run_data_dir(run_config: DictConfig | None, cfg: DictConfig) -> str:
         value = OmegaConf.to_container(paths, resolve=False).get("data_dir") if paths is not None else None
         return value if isinstance(value, str) and "${" not in value else None  # an interpolation: the default
 
-    return named(cfg) or named(run_config) or cfg.paths.data_dir
+    return named(cfg) or named(run_config) or OmegaConf.select(cfg, "paths.data_dir")
 
 
 def check_same_schedule(cfg: DictConfig) -> None:
