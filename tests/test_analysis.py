@@ -233,6 +233,7 @@ def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
         assert (eval_dir / name).is_file(), name
     # the recipe the checkpoint was trained with (debug=fast: 2 epochs), not eval.yaml's defaults
     assert "| batch size / epochs | 64 / 2 |" in (eval_dir / "report.md").read_text()
+    assert "| validation | the test split, every epoch |" in (eval_dir / "report.md").read_text()
     saved = OmegaConf.load(eval_dir / ".hydra" / "config.yaml")
     assert saved.trainer.max_epochs == 2 and saved.data.batch_size == 64 and saved.model.net.width == 0.125
 

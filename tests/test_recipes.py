@@ -156,10 +156,11 @@ class CrashAtEpochStart(L.Callback):
 
 def test_fast_best_validates_once_yet_saves_every_epoch_and_resumes_exactly(tmp_path, image_tree):
     recipe = ["experiment=fast_best", "model.scheduler.peak_epoch=1"]
-    reference, ref_dir = run(tmp_path, "a", image_tree, *recipe)
+    reference, ref_dir = run(tmp_path, "a", image_tree, *recipe, "analysis.enabled=true")
     events = EventAccumulator(str(ref_dir / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [23]  # once, after the last of 24 steps
+    assert "| validation | the test split, after the last epoch only |" in (ref_dir / "report.md").read_text()
     assert sorted(p.name for p in (ref_dir / "checkpoints").iterdir()) == ["epoch002.ckpt", "last.ckpt"]
 
     with pytest.raises(RuntimeError, match="crash"):

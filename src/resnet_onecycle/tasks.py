@@ -127,6 +127,7 @@ def evaluate(cfg: DictConfig) -> dict:
             cfg.paths.data_dir = run_data_dir(saved, cfg)
             # the recipe the checkpoint was trained with, for report.md and the saved config
             cfg.trainer.max_epochs, cfg.seed = saved.trainer.max_epochs, saved.seed
+            cfg.trainer.check_val_every_n_epoch = OmegaConf.select(saved, "trainer.check_val_every_n_epoch", default=1)
         if (output_dir / ".hydra").is_dir():  # Hydra saved the config composed for eval.py
             OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")
     datamodule, loggers = data_and_loggers(cfg)

@@ -39,6 +39,9 @@ def recipe_rows(trainer, module, weights: str | None = None) -> list[tuple[str, 
     crop = f"random crop after {data.crop_padding}-pixel {data.padding_mode} padding"
     augment = [crop if data.crop_padding else None, "horizontal flip" if data.flip else None,
                f"cutout {data.cutout_size}x{data.cutout_size}" if data.cutout_size else None]
+    every = trainer.check_val_every_n_epoch or 1
+    when = ("every epoch" if every == 1 else "after the last epoch only" if every >= trainer.max_epochs
+            else f"every {every} epochs")
     return [
         ("model", f"{type(net).__name__}, width {getattr(net, 'width', '?')}, {parameters:,} parameters"),
         ("optimizer", f"SGD, momentum {opt.get('momentum')}, nesterov {opt.get('nesterov')}, "
@@ -53,6 +56,7 @@ def recipe_rows(trainer, module, weights: str | None = None) -> list[tuple[str, 
         ("weights", weights or averaged_weights(trainer) or "as trained (no averaging)"),
         ("batch size / epochs", f"{data.batch_size} / {trainer.max_epochs}"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
+        ("validation", f"{f'{data.val_size:,} held-out training images' if data.val_size else 'the test split'}, {when}"),
         ("precision", str(trainer.precision)),
         ("data", f"{data.source}" + (f" (training subset {data.subset})" if data.subset else "")),
         ("seed", str(data.seed)),
