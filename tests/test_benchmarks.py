@@ -166,12 +166,17 @@ def test_lr_sweep_sets_the_range_tests_suggestion_against_the_sweeps_band(tmp_pa
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
-def test_gpu_recipes_picks_by_held_out_accuracy_and_cuts_epochs_to_the_fit_target():
+def gpu_recipes():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import gpu_recipes as g
+        import gpu_recipes
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return gpu_recipes
+
+
+def test_gpu_recipes_picks_by_held_out_accuracy_and_cuts_epochs_to_the_fit_target():
+    g = gpu_recipes()
     held_out = {"fast_best": {"status": "completed", "val/acc": 0.930}, "no_tta": {"status": "completed", "val/acc": 0.925},
                 "max_lr_0.2": {"status": "completed", "val/acc": 0.933}, "ema_0.99": {"status": "failed"}}
     assert g.pick(held_out) == "max_lr_0.2"
@@ -188,3 +193,32 @@ def test_gpu_recipes_picks_by_held_out_accuracy_and_cuts_epochs_to_the_fit_targe
                                    "chosen": "fast_best", "fast_best": result})
     assert "| fast_best (chosen) | - | 93.00% | 13.0 s |" in markdown
     assert "| fast_best | experiment=fast_best | 20 | 93.50% ± 0.71 | 93.00%, 94.00% | 14.2 s (14.3 s) |" in markdown
+
+
+def test_gpu_recipes_runs_its_stages_in_order_and_the_cut_fast_best_over_every_seed(tmp_path, monkeypatch):
+    g, calls = gpu_recipes(), []
+
+    def train(stages, name, *overrides):  # a run whose fit is 2 s plus 0.7 s an epoch
+        calls.append(name)
+        epochs = int(next(o.split("=")[1] for o in overrides if o.startswith("trainer.max_epochs=")))
+        return {"status": "completed", "epochs": epochs, "val/acc": 0.95 if "max_lr_0.8" in name else 0.93,
+                "test/acc": 0.94, "fit_time_s": 2 + 0.7 * epochs, "epoch_time_s_median": 0.7, "device": "GPU", "torch": "t",
+                "overrides": list(overrides)}
+
+    monkeypatch.setattr(g.Stages, "train", train)
+    monkeypatch.setattr(g.Stages, "warm_cache", lambda stages: None)
+    monkeypatch.setattr(g, "accuracy_benchmark", lambda stages, result: calls.append("accuracy_fast"))
+    monkeypatch.setattr(sys, "argv", ["gpu_recipes.py", "--out", str(tmp_path)])
+    with redirect_stdout(io.StringIO()):
+        g.main()
+    # 18.8 s at 24 epochs: 4.25 s over 97% of 15 s is 7 epochs of 0.7 s
+    assert calls == [*(f"held_out_{name}" for name in g.CANDIDATES), "fast_best_seed0",
+                     *(f"fast_best_17ep_seed{s}" for s in range(3)), *(f"fast_seed{s}" for s in range(3)),
+                     "accuracy_fast", "fast_best_compiled_seed0"]
+    result = json.loads((tmp_path / "summary.json").read_text())
+    assert result["chosen"] == "max_lr_0.8" and result["fast_best_epochs"] == 17
+    assert result["fast_best"]["overrides"] == ["experiment=fast_best", "model.scheduler.max_lr=0.8",
+                                                "trainer.max_epochs=17", "model.scheduler.peak_epoch=4"]
+    assert result["fast_best"]["runs"] == 3 and result["fast_best"]["fit_time_s_max"] == pytest.approx(13.9)
+    assert result["fast_best_at_full_length"]["epochs"] == 24 and result["fast"]["runs"] == 3
+    assert "| max_lr_0.8 (chosen) |" in (tmp_path / "summary.md").read_text()
