@@ -12,13 +12,13 @@
 
 Every run is its own process, as a user's would be, with the pictures off (`analysis.enabled=false`:
 they change neither the fit nor the test). A stage is skipped when less of --budget is left than
-it needs. Writes each run's JSON (run_summary.py's) and summary.json, then prints
-summary.md, the tables RESULTS.md takes, into --out.
+it needs. Writes each run's JSON (run_summary.py's), summary.json and summary.md (the tables
+RESULTS.md takes) into --out, and prints summary.md.
 
 On the GPU machine, from the project's root (the tar: few files come back from it):
-    source .device/gpu-env.sh && mkdir -p /tmp/res && python3 benchmarks/gpu_recipes.py --out /tmp/res \
+    source .device/gpu-env.sh && mkdir -p /tmp/res && python3 benchmarks/gpu_recipes.py --out /tmp/res \\
         | tee /tmp/res/gpu.log; tar -C /tmp/res -czf "$OUT/results.tar.gz" .
-A CPU dry run (about 10 minutes on 2 cores):
+A CPU dry run (about 4 minutes on 2 cores):
     python benchmarks/gpu_recipes.py --out /tmp/dry --data <copy> --trainer trainer=cpu --epochs 3 \\
         --fit-target 3 --val-size 512 --budget 1500 model.net.width=0.0625 data.subset=2048 data.test_subset=512
 """
