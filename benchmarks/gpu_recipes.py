@@ -12,12 +12,12 @@
 
 Every run is its own process, as a user's would be, with the pictures off (`analysis.enabled=false`:
 they change neither the fit nor the test). A stage is skipped when less of --budget is left than
-it needs. Writes each run's JSON (run_summary.py's), summary.json and summary.md (the tables
-RESULTS.md takes) into --out, and prints summary.md.
+it needs. Into --out, after every run and stage, so that a run cut short still leaves them:
+runs.json (each run's run_summary.py JSON), summary.json and summary.md (the tables RESULTS.md
+takes); accuracy.py's JSON beside them. Prints summary.md at the end.
 
-On the GPU machine, from the project's root (the tar: few files come back from it):
-    source .device/gpu-env.sh && mkdir -p /tmp/res && python3 benchmarks/gpu_recipes.py --out /tmp/res \\
-        | tee /tmp/res/gpu.log; tar -C /tmp/res -czf "$OUT/results.tar.gz" .
+On the GPU machine, from the project's root:
+    source .device/gpu-env.sh && python3 benchmarks/gpu_recipes.py --out "$OUT" 2>&1 | tee "$OUT/gpu.log"
 A CPU dry run (about 4 minutes on 2 cores):
     python benchmarks/gpu_recipes.py --out /tmp/dry --data <copy> --trainer trainer=cpu --epochs 3 \\
         --fit-target 3 --val-size 512 --budget 1500 model.net.width=0.0625 data.subset=2048 data.test_subset=512
@@ -78,6 +78,7 @@ def spread(runs: list[dict], key: str, digits: int) -> dict:
 class Stages:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work, self.start = args, work, time.monotonic()
+        self.runs: dict[str, dict] = {}
         self.common = [f"data.source={args.data}", f"paths.data_dir={work / 'data'}", f"paths.log_dir={work / 'logs'}",
                        "analysis.enabled=false", *args.trainer.split(), *args.overrides]
 
@@ -108,8 +109,8 @@ class Stages:
         if not (run_dir / "metrics.json").is_file():
             print(f"   {name}: no metrics.json (exit {done.returncode})\n{done.stderr[-2000:]}")
             return None
-        summary = {"overrides": list(overrides), **summarize(run_dir)}
-        (self.args.out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+        summary = self.runs[name] = {"overrides": list(overrides), **summarize(run_dir)}
+        (self.args.out / "runs.json").write_text(json.dumps(self.runs, indent=2))
         print(f"   {name}: " + "  ".join(f"{k} {summary.get(k)}" for k in
                                           ("status", "epochs", "val/acc", "test/acc", "fit_time_s", "epoch_time_s_median")),
               flush=True)
@@ -187,23 +188,31 @@ def main() -> None:
         result: dict = {"date": time.strftime("%Y-%m-%d"), "budget_s": args.budget, "fit_target_s": args.fit_target,
                         "held_out": {name: {"overrides": CANDIDATES[name], "val_acc": run.get("val/acc"),
                                             "fit_time_s": run.get("fit_time_s")} for name, run in held_out.items()}}
+        first = next(iter(held_out.values()), {})
+        result["device"], result["torch"] = first.get("device"), first.get("torch")
+        save(args.out, result)
         if any(run.get("status") == "completed" for run in held_out.values()):
             result["chosen"] = pick(held_out)
             fast_best(stages, result["chosen"], result)
+            save(args.out, result)
         fast = stages.seeds("fast", "experiment=fast", *length)
         result["fast"] = recipe_result(fast, ["experiment=fast", *length])
+        save(args.out, result)
         accuracy_benchmark(stages, result)
         if "chosen" in result:
             recipe = ["experiment=fast_best", *CANDIDATES[result["chosen"]], *length, "model.compile=true"]
             compiled = stages.train(f"fast_best_compiled_seed{args.seeds[0]}", *recipe, f"seed={args.seeds[0]}")
             result["fast_best_compiled"] = recipe_result([compiled], recipe)
-        first = next((r for r in [*held_out.values(), *fast] if r), {})
-        result["device"], result["torch"] = first.get("device"), first.get("torch")
-    (args.out / "summary.json").write_text(json.dumps(result, indent=2))
-    markdown = summary_markdown(result)
-    (args.out / "summary.md").write_text(markdown)
-    print(markdown)
+        print(save(args.out, result))
     print(f"== done in {time.monotonic() - stages.start:.0f} s")
+
+
+def save(out: Path, result: dict) -> str:
+    """summary.json and summary.md, as far as the stages got; the markdown."""
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    markdown = summary_markdown(result)
+    (out / "summary.md").write_text(markdown)
+    return markdown
 
 
 def summary_markdown(result: dict) -> str:
