@@ -96,7 +96,7 @@ class Stages:
         return self.left() >= need
 
     def train(self, name: str, *overrides: str) -> dict | None:
-        """One run of src/train.py, its own process; its summary, also written to OUT/NAME.json."""
+        """One run of src/train.py, its own process; its summary, also kept in OUT/runs.json."""
         if not self.fits(name, self.args.run_need):
             return None
         run_dir = self.work / "runs" / name

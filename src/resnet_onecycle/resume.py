@@ -416,7 +416,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> D
     return saved
 
 
-def run_data_dir(run_config: DictConfig | None, cfg: DictConfig) -> str:
+def run_data_dir(run_config: DictConfig | None, cfg: DictConfig) -> str | None:
     """paths.data_dir for a command on an earlier run: this command's where it names one, else the
     one that run was given, so that its cache (or its download) is not made again under ./data."""
     def named(config: DictConfig | None) -> str | None:
