@@ -1,7 +1,6 @@
 """Export a trained model to ONNX, checked with onnxruntime: python src/export.py [ckpt_path=...]."""
 
 from resnet_onecycle.cli import main
-from resnet_onecycle.tasks import export
 
 if __name__ == "__main__":
-    main("export", export)
+    main("export", "export")

@@ -192,8 +192,8 @@ def test_writes_on_a_full_disk_name_the_file_and_keep_what_was_there(tmp_path, i
                 attempt()
         # a new best checkpoint that fails, then the removal of the old one that was queued after it
         writes.save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}}, disk / "epoch001.ckpt")
-        writes.remove_checkpoint(disk / "epoch000.ckpt")
         with pytest.raises(WriteError, match=f"could not write {disk / 'epoch001.ckpt'}: No space left on device"):
+            writes.remove_checkpoint(disk / "epoch000.ckpt")  # raises here if the write has failed already
             writes.wait()
         plt.close(figure)
 

@@ -52,9 +52,14 @@ def test_good_command_lines_pass_the_check(args):
 
 
 def test_a_command_line_mistake_is_one_error_line_and_exit_2_before_any_run_dir(tmp_path):
-    result = train("model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}")
+    # `python src/train.py ...`, saying as it exits whether Lightning was imported (that takes seconds)
+    probe = ("import atexit, runpy, sys; atexit.register(lambda: print('lightning imported:', 'lightning' in sys.modules));"
+             " sys.argv[0] = 'src/train.py'; runpy.run_path('src/train.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", probe, "model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     refused(result, "did you mean model.scheduler.max_lr?")
     assert result.stderr.count("\n") == 1 and not any(tmp_path.iterdir())  # one line; no run dir made
+    assert result.stdout.strip() == "lightning imported: False"  # named before the long imports
 
 
 def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path, image_tree):

@@ -352,11 +352,17 @@ class JobsAtOnce(Callback):
                 sweeper.max_batch_size = max(1, cores() // (launcher.get("cpus_per_task") or cores()))
 
 
-def main(config_name: str, task: Callable[[DictConfig], dict], result_key: str | None = None) -> None:
-    """What each script in src/ runs: the command-line check, then `task` under Hydra with the
-    config `configs/<config_name>.yaml` (the log file is `<task_name>.log`)."""
+def main(config_name: str, task: str, result_key: str | None = None) -> None:
+    """What each script in src/ runs: the command-line check, then the function `task` of
+    `resnet_onecycle.tasks` under Hydra with the config `configs/<config_name>.yaml` (the log file
+    is `<task_name>.log`)."""
     import hydra
 
     check_command_line(config_name)
+    # Only now: importing Lightning takes seconds, which a mistyped override need not wait for
+    # (benchmarks/RESULTS.md, "Figures the code and docs cite").
+    # It also registers the run-dir resolvers that configs/hydra/default.yaml names.
+    from resnet_onecycle import tasks
+
     hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)(
-        lambda cfg: run(task, cfg, result_key))()
+        lambda cfg: run(getattr(tasks, task), cfg, result_key))()
