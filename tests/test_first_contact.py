@@ -8,6 +8,7 @@ import sys
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT
 from resnet_onecycle.cli import command_line_error
@@ -51,15 +52,31 @@ def test_good_command_lines_pass_the_check(args):
     assert command_line_error("train", args) is None
 
 
-def test_a_command_line_mistake_is_one_error_line_and_exit_2_before_any_run_dir(tmp_path):
-    # `python src/train.py ...`, saying as it exits whether Lightning was imported (that takes seconds)
+def train_probed(*overrides: str) -> tuple[subprocess.CompletedProcess, bool]:
+    """`python src/train.py ...`, and whether it imported Lightning (which takes seconds)."""
     probe = ("import atexit, runpy, sys; atexit.register(lambda: print('lightning imported:', 'lightning' in sys.modules));"
              " sys.argv[0] = 'src/train.py'; runpy.run_path('src/train.py', run_name='__main__')")
-    result = subprocess.run([sys.executable, "-c", probe, "model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", probe, *overrides], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    *printed, last = result.stdout.strip().split("\n")
+    assert last.startswith("lightning imported:"), result.stdout[-2000:]
+    return subprocess.CompletedProcess(result.args, result.returncode, "\n".join(printed), result.stderr), \
+        last.endswith("True")
+
+
+def test_a_command_line_mistake_is_one_error_line_and_exit_2_before_any_run_dir(tmp_path):
+    result, imported = train_probed("model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}")
     refused(result, "did you mean model.scheduler.max_lr?")
     assert result.stderr.count("\n") == 1 and not any(tmp_path.iterdir())  # one line; no run dir made
-    assert result.stdout.strip() == "lightning imported: False"  # named before the long imports
+    assert not imported  # named before the long imports
+
+
+def test_a_recipe_prints_without_running_or_importing_lightning(tmp_path):
+    result, imported = train_probed("experiment=fast", f"paths.log_dir={tmp_path}", "--cfg", "job")
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["scheduler"]["max_lr"] == 0.4 and printed["trainer"]["max_epochs"] == 24
+    assert not imported and not any(tmp_path.iterdir())
 
 
 def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path, image_tree):

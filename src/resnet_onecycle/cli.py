@@ -352,17 +352,25 @@ class JobsAtOnce(Callback):
                 sweeper.max_batch_size = max(1, cores() // (launcher.get("cpus_per_task") or cores()))
 
 
+# Hydra's flags that print and exit without running the job
+PRINT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+
+
 def main(config_name: str, task: str, result_key: str | None = None) -> None:
     """What each script in src/ runs: the command-line check, then the function `task` of
     `resnet_onecycle.tasks` under Hydra with the config `configs/<config_name>.yaml` (the log file
     is `<task_name>.log`)."""
+    import importlib
+
     import hydra
 
-    check_command_line(config_name)
-    # Only now: importing Lightning takes seconds, which a mistyped override need not wait for
-    # (benchmarks/RESULTS.md, "Figures the code and docs cite").
-    # It also registers the run-dir resolvers that configs/hydra/default.yaml names.
-    from resnet_onecycle import tasks
+    import resnet_onecycle.run_dirs  # noqa: F401 - the run-dir resolvers configs/hydra/default.yaml names
 
+    check_command_line(config_name)
+    # Only now, and only for a job: importing Lightning takes seconds, which a mistyped override or
+    # `--cfg job` need not wait for (benchmarks/RESULTS.md, "Figures the code and docs cite").
+    # Before Hydra sets up logging, so Lightning's console lines stay its own, out of the run's log.
+    printing = any(arg.split("=")[0] in PRINT_ONLY for arg in sys.argv[1:])
+    tasks = None if printing else importlib.import_module("resnet_onecycle.tasks")
     hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)(
         lambda cfg: run(getattr(tasks, task), cfg, result_key))()
