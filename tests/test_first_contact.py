@@ -52,12 +52,11 @@ def test_good_command_lines_pass_the_check(args):
     assert command_line_error("train", args) is None
 
 
-def train_probed(*overrides: str) -> tuple[subprocess.CompletedProcess, bool]:
-    """`python src/train.py ...`, and whether it imported Lightning (which takes seconds)."""
+def probed(script: str, *args: str) -> tuple[subprocess.CompletedProcess, bool]:
+    """`python src/<script> ...`, and whether it imported Lightning (which takes seconds)."""
     probe = ("import atexit, runpy, sys; atexit.register(lambda: print('lightning imported:', 'lightning' in sys.modules));"
-             " sys.argv[0] = 'src/train.py'; runpy.run_path('src/train.py', run_name='__main__')")
-    result = subprocess.run([sys.executable, "-c", probe, *overrides], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+             f" sys.argv[0] = 'src/{script}'; runpy.run_path('src/{script}', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     *printed, last = result.stdout.strip().split("\n")
     assert last.startswith("lightning imported:"), result.stdout[-2000:]
     return subprocess.CompletedProcess(result.args, result.returncode, "\n".join(printed), result.stderr), \
@@ -65,18 +64,30 @@ def train_probed(*overrides: str) -> tuple[subprocess.CompletedProcess, bool]:
 
 
 def test_a_command_line_mistake_is_one_error_line_and_exit_2_before_any_run_dir(tmp_path):
-    result, imported = train_probed("model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}")
+    result, imported = probed("train.py", "model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}")
     refused(result, "did you mean model.scheduler.max_lr?")
     assert result.stderr.count("\n") == 1 and not any(tmp_path.iterdir())  # one line; no run dir made
     assert not imported  # named before the long imports
 
 
 def test_a_recipe_prints_without_running_or_importing_lightning(tmp_path):
-    result, imported = train_probed("experiment=fast", f"paths.log_dir={tmp_path}", "--cfg", "job")
+    result, imported = probed("train.py", "experiment=fast", f"paths.log_dir={tmp_path}", "--cfg", "job")
     assert result.returncode == 0, result.stderr[-2000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["scheduler"]["max_lr"] == 0.4 and printed["trainer"]["max_epochs"] == 24
     assert not imported and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script, usage", [
+    ("train.py", "python src/train.py [group=option ...]"), ("eval.py", "python src/eval.py ckpt_path="),
+    ("find_lr.py", "python src/find_lr.py"), ("predict.py", "python src/predict.py inputs="),
+    ("app.py", "python src/app.py"), ("export.py", "python src/export.py")])
+def test_each_scripts_help_opens_with_what_it_does_and_how_to_call_it(script, usage):
+    result, imported = probed(script, "--help")
+    assert result.returncode == 0 and not imported, result.stderr[-2000:]
+    header = result.stdout.split("== Configuration groups ==")[0]
+    assert usage in header and "powered by Hydra" not in header
+    assert f"task_name: {script.removesuffix('.py')}" in result.stdout  # the config follows
 
 
 def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path, image_tree):
