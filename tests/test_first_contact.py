@@ -37,6 +37,7 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> None:
     ("train", ["data.batch_size"], ["write key=value"]),
     ("eval", ["ckpt_path=x.ckpt", "model.net.widht=0.25"], ["did you mean model.net.width?"]),
     ("find_lr", ["lr_find.maxlr=5"], ["did you mean lr_find.max_lr?"]),
+    ("train", ["-m", "model.scheduler.max_lr=0.01,0.02", "--cfg", "job"], ["--cfg and -m together", "drop -m"]),
 ])
 def test_command_line_mistakes_name_the_key_and_the_fix(config, args, words):
     problem = command_line_error(config, args)
@@ -47,7 +48,7 @@ def test_command_line_mistakes_name_the_key_and_the_fix(config, args, words):
 
 @pytest.mark.parametrize("args", [["-m", "model.scheduler.max_lr=0.01,0.02", "+trainer.max_time=00:00:01:00"],
                                   ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "experiment=cpu_fast"],
-                                  ["--help"]])
+                                  ["--help"], ["experiment=fast", "--cfg", "job", "--resolve"]])
 def test_good_command_lines_pass_the_check(args):
     assert command_line_error("train", args) is None
 

@@ -79,6 +79,10 @@ def quiet_console() -> None:
 # Hydra's flags this check understands, and whether each takes a value; with any other flag
 # (--help, --info, --config-dir, ...) Hydra has the command line to itself.
 FLAGS = {"-m": False, "--multirun": False, "--resolve": False, "-c": True, "--cfg": True, "-p": True, "--package": True}
+# Hydra's modes, of which it runs one at a time; all but -r and -m print and exit without running the job
+MODES = {"-r": "--run", "--run": "--run", "-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg",
+         "-i": "--info", "--info": "--info", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+PRINT_ONLY = {flag for flag, mode in MODES.items() if mode not in ("--run", "-m")} | {"-h", "--help", "--hydra-help"}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -95,6 +99,11 @@ def command_line_error(config_name: str, args: list[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    modes = sorted({MODES[arg.split("=")[0]] for arg in args if arg.split("=")[0] in MODES})
+    if len(modes) > 1:
+        fix = "; to see a sweep job's config, drop -m and give each swept key one value" if "-m" in modes else ""
+        return (f"{' and '.join(modes)} together: Hydra takes one of --run, -m, --cfg, --info and --shell-completion "
+                f"at a time{fix}.")
     overrides, rest = [], iter(args)
     for arg in rest:
         if arg.startswith("-"):
@@ -352,10 +361,6 @@ class JobsAtOnce(Callback):
                 sweeper.max_batch_size = max(1, cores() // (launcher.get("cpus_per_task") or cores()))
 
 
-# Hydra's flags that print and exit without running the job
-PRINT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
-
-
 def main(config_name: str, task: str, result_key: str | None = None) -> None:
     """What each script in src/ runs: the command-line check, then the function `task` of
     `resnet_onecycle.tasks` under Hydra with the config `configs/<config_name>.yaml` (the log file
@@ -364,12 +369,11 @@ def main(config_name: str, task: str, result_key: str | None = None) -> None:
 
     import hydra
 
-    import resnet_onecycle.run_dirs  # noqa: F401 - the run-dir resolvers configs/hydra/default.yaml names
-
     check_command_line(config_name)
     # Only now, and only for a job: importing Lightning takes seconds, which a mistyped override or
-    # `--cfg job` need not wait for (benchmarks/RESULTS.md, "Figures the code and docs cite").
-    # Before Hydra sets up logging, so Lightning's console lines stay its own, out of the run's log.
+    # `--cfg job` need not wait for (benchmarks/RESULTS.md, "Figures the code and docs cite"). The
+    # tasks register the run-dir resolvers (resume.py) a job needs; printing needs none. Imported
+    # before Hydra sets up logging, so Lightning's console lines stay its own, out of the run's log.
     printing = any(arg.split("=")[0] in PRINT_ONLY for arg in sys.argv[1:])
     tasks = None if printing else importlib.import_module("resnet_onecycle.tasks")
     hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)(

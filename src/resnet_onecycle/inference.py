@@ -28,8 +28,7 @@ from resnet_onecycle.data.augment import normalize
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError, UserError
 from resnet_onecycle.models import FlipAveraged
-from resnet_onecycle.resume import saved_config, unreadable_checkpoint
-from resnet_onecycle.run_dirs import run_dir_of
+from resnet_onecycle.resume import run_dir_of, saved_config, unreadable_checkpoint
 
 SIZE = 32
 LAYERS = ("prep", "layer1", "layer2", "layer3")  # Grad-CAM targets: maps of 32, 16, 8 and 4 pixels a side

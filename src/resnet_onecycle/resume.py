@@ -5,7 +5,7 @@
   plus this command's key=value overrides; a checkpoint that cannot be read is refused, naming the
   run's others. `ckpt_path=<run>/checkpoints/x.ckpt` continues into the checkpoint's run dir with
   the config composed now. `configs/hydra/default.yaml` points such a run at its own dir through
-  the resolvers of `run_dirs`.
+  the resolvers registered here.
 - The schedule (epochs, batch size, training subset, max LR and the other one-cycle keys) must be
   the one the run started with, since OneCycleLR's saved position only means something on it:
   `check_same_schedule` compares configs before any work; `RunGuard` compares the checkpoint's
@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -40,7 +41,6 @@ from omegaconf import DictConfig, OmegaConf
 from resnet_onecycle.callbacks import AsyncCheckpointWrites
 from resnet_onecycle.errors import ConfigError, UserError
 from resnet_onecycle.framework import one_cycle_peak_step
-from resnet_onecycle.run_dirs import run_dir_of
 from resnet_onecycle.summary import final_metrics, status_of
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,35 @@ SCHEDULE_KEYS = (
     "model.scheduler.anneal_strategy",
     "model.scheduler.cycle_momentum",
 )
+
+
+def run_dir_of(ckpt_path: str | None) -> Path | None:
+    """The run dir holding a checkpoint (<run>/checkpoints/<file>), if it is one of ours."""
+    if not ckpt_path:
+        return None
+    run = Path(ckpt_path).expanduser().resolve().parent.parent
+    return run if (run / ".hydra" / "config.yaml").is_file() else None
+
+
+def output_dir(task: str, resume: str | None, ckpt_path: str | None, fresh: str) -> str:
+    """hydra.run.dir: a resumed training run's own dir, else a fresh one."""
+    if task != "train":
+        return fresh
+    if resume:
+        return str(resume)
+    run = run_dir_of(ckpt_path)
+    return str(run) if run is not None else fresh
+
+
+def output_subdir(task: str, resume: str | None, ckpt_path: str | None) -> str:
+    """hydra.output_subdir: a resumed run keeps the config files its dir already holds."""
+    if task == "train" and (resume or run_dir_of(ckpt_path) is not None):
+        return f".hydra/resumed-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    return ".hydra"
+
+
+OmegaConf.register_new_resolver("resume_output_dir", output_dir, replace=True)
+OmegaConf.register_new_resolver("resume_output_subdir", output_subdir, replace=True)
 
 
 def saved_config(run: Path) -> DictConfig:

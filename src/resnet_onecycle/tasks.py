@@ -28,10 +28,10 @@ from resnet_onecycle.resume import (
     checkpoint_problem,
     resumed_config,
     run_data_dir,
+    run_dir_of,
     saved_config,
     with_overrides,
 )
-from resnet_onecycle.run_dirs import run_dir_of
 from resnet_onecycle.schedule import check_one_cycle
 from resnet_onecycle.summary import (
     final_metrics,
