@@ -7,8 +7,15 @@
     epoch as the project does, with `torch.optim.swa_utils`' EMA where the recipe has
     `callbacks.ema`, and the recipe's test-time augmentation at the test.
 
-Fit time is training plus the per-epoch validation, for both. Prints one JSON object: each
-seed's test accuracy and fit time per path, and their mean and standard deviation.
+The two clocks cover the same work: every training step and every epoch's validation.
+- project: `fit_time_s` of metrics.json, the wall time of `Trainer.fit` less the data's one-off
+  preparation (reading or decoding the cache and splitting it, reported as `data_prep_time_s`).
+  It includes all the project's own costs: Lightning's set-up of the module and optimizer, the
+  checkpoints, the logging and the epoch-end hooks.
+- plain: from after the data is in memory and the net is built to the end of the last validation;
+  it writes no checkpoint and logs nothing.
+Neither clock holds the test. Prints one JSON object: each seed's test accuracy and fit time per
+path, and their mean and standard deviation.
 
     python benchmarks/accuracy.py --seeds 0,1 experiment=cpu_fast data.source=cifar10-jpeg.tar.gz
 """

@@ -94,12 +94,13 @@ def test_killed_at_each_moment_a_run_reads_running_and_resumes_to_the_same_end(t
     assert status(run) == "running"
     assert not list(cache.glob("*.npz")) and not (run / "checkpoints").exists()
 
-    process = paused(flag, "checkpoint:3", *resume)  # the second epoch's first checkpoint
+    process = paused(flag, "checkpoint:2", *resume)  # the second epoch's best-epoch checkpoint
     assert [p.name for p in cache.glob("*.npz")]  # the cache is built by now
     kill(process, flag)
     assert status(run) == "running"
     assert list((run / "checkpoints").glob(".*.partial"))  # the write that was cut short, never mistaken for one
-    assert {p.name for p in (run / "checkpoints").glob("*.ckpt")} == {"epoch000.ckpt", "last.ckpt"}
+    # last.ckpt is not due yet (callbacks.last_checkpoint.every_s): the first epoch's best is the newest
+    assert {p.name for p in (run / "checkpoints").glob("*.ckpt")} == {"epoch000.ckpt"}
 
     kill(paused(flag, "picture:2", *resume), flag)  # training done, testing done, some pictures written
     assert status(run) == "running" and not (run / "misclassified.png").exists()
@@ -115,6 +116,24 @@ def test_killed_at_each_moment_a_run_reads_running_and_resumes_to_the_same_end(t
     assert_same_end(run, reference)
     assert {p.name for p in run.glob("*.png")} >= {"curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png"}
     assert not list(run.glob(".*.partial"))
+
+
+def test_killed_between_two_timed_saves_a_run_resumes_from_the_last_and_ends_the_same(tmp_path, data, reference):
+    """last.ckpt every step (every_s=0), no best-epoch checkpoint: SIGKILL while the save after the
+    37th step is written (mid-way through the last epoch) leaves the 36th step's, and resume= from
+    it ends as the run that never stopped, the last epoch's train/acc included."""
+    run, flag = tmp_path / "run", tmp_path / "paused"
+    first = [*COMMON, f"data.source={data}", f"paths.data_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
+             "callbacks.last_checkpoint.every_s=0", "callbacks.model_checkpoint=null"]
+    kill(paused(flag, "checkpoint:37", *first), flag)
+    assert status(run) == "running"
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 36 and saved["epoch"] == 2  # 6 of the last epoch's 15 steps
+
+    done = train(f"resume={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_end(run, reference)
 
 
 # --- a full disk: a small tmpfs -------------------------------------------------------------------

@@ -1,16 +1,19 @@
-"""Training callbacks that are not resume (see resume.py): the LR log, weight averaging, and
-the checkpoint writer."""
+"""Training callbacks that are not resume (see resume.py): the LR log, weight averaging, the
+last.ckpt schedule and the checkpoint writer."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.files import written_whole
 from resnet_onecycle.framework import keep_average_on
 
@@ -51,6 +54,27 @@ class WeightAveraging(EMAWeightAveraging):
     def setup(self, trainer, pl_module, stage: str) -> None:
         keep_average_on(self, trainer.strategy.root_device)
         super().setup(trainer, pl_module, stage)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt`, what resume= and eval.py read: written at the end of the first training step
+    after every `every_s` seconds of training (Lightning's `train_time_interval`; the batch position
+    is saved, so a resume from mid-epoch is exact), and at the last epoch's end. A SIGKILL loses at
+    most `every_s` seconds and a step; SIGINT and SIGTERM save where they stop (resume.RunGuard).
+    Each save costs the loop little (the writes are in the background), but two a step-heavy epoch
+    were a measurable share of a GPU fit (benchmarks/RESULTS.md, "Checkpoint writes")."""
+
+    def __init__(self, dirpath: str, every_s: float = 60.0) -> None:
+        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or every_s < 0:
+            raise ConfigError(f"callbacks.last_checkpoint.every_s={every_s!r} must be a number of seconds >= 0 "
+                              "(0: after every step).")
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+                         train_time_interval=timedelta(seconds=every_s))
+        self.every_s = every_s
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= trainer.max_epochs:  # the fit's end: what eval.py and a resume read
+            trainer.save_checkpoint(Path(self.dirpath) / f"last{self.FILE_EXTENSION}")
 
 
 class AsyncCheckpointWrites(TorchCheckpointIO):

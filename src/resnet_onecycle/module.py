@@ -102,6 +102,7 @@ class MixedResNetModule(L.LightningModule):
         self.net = net
         self.example_input_array = torch.zeros(2, 3, 32, 32)
         self.stats = nn.ModuleDict({f"{stage}_stats": EpochStats() for stage in ("train", "val", "test")})
+        self.stats["train_stats"].persistent(True)  # a checkpoint from mid-epoch resumes the epoch's train/acc too
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.compiled_net: Callable[[torch.Tensor], torch.Tensor] | None = None
