@@ -51,6 +51,14 @@ def test_run_writes_metrics_json(debug_run):
     assert metrics["seed"] == 7 and metrics["torch"] == torch.__version__
     # the classes are separable by colour: two epochs learn far more than chance
     assert metrics["test/acc"] > 0.3
+    # the fit's time leaves out the data's preparation (a cold cache here: decoded in this run)
+    assert metrics["data_prep_time_s"] > 0 and metrics["fit_time_s"] > 0
+    assert metrics["fit_time_s"] + metrics["data_prep_time_s"] <= metrics["wall_time_s"]
+    # throughput: each epoch's images/s; the FLOPs of a training image (forward and backward, width 0.125)
+    assert [e["epoch"] for e in metrics["throughput_per_epoch"]] == [0, 1]
+    assert all(e["images_per_s"] > 0 and "mfu" not in e for e in metrics["throughput_per_epoch"])  # no peak on a CPU
+    assert metrics["images_per_s_median"] > 0
+    assert 3e7 < metrics["flops_per_training_image"] < 4e7
 
 
 def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path):
@@ -61,7 +69,8 @@ def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path)
     tree = write_image_tree(tmp_path / "data-src", n_train=52, n_test=26)
     train(compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}",
                          "trainer.max_epochs=3", "analysis.enabled=false", "test_ckpt=best", "callbacks.progress_bar=null",
-                         "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"], tmp_path))
+                         "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
+                         "callbacks.throughput.peak_flops=1e12"], tmp_path))
     run_dir = tmp_path / "run"
     checkpoints = run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
@@ -73,6 +82,10 @@ def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path)
     val_acc = [e.value for e in events.Scalars("val/acc")]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] == pytest.approx(val_acc[0]) and val_acc[0] != val_acc[-1]
+    # with a peak given, the model FLOPs utilisation: images/s x FLOPs of an image / peak, each epoch
+    for epoch, logged in zip(metrics["throughput_per_epoch"], events.Scalars("train/mfu"), strict=True):
+        expected = epoch["images_per_s"] * metrics["flops_per_training_image"] / 1e12
+        assert epoch["mfu"] == pytest.approx(expected, rel=1e-3, abs=1e-4) and logged.value == pytest.approx(epoch["mfu"])
 
 
 def test_a_run_without_test_ends_on_its_validation_accuracy(tmp_path):
@@ -95,7 +108,8 @@ def test_compiled_run_learns_and_saves_plain_weights(tmp_path):
     assert metrics["compile"]["mode"] == "default" and metrics["compile"]["graphs"] >= 2
     assert metrics["compile"]["graph_breaks"] == 0
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])  # loads in an eager net
+    # the weights, the best val/acc, and the epoch's train stats so far (for a mid-epoch resume)
+    assert all(k.startswith(("net.", "val_acc_best", "stats.train_stats.")) for k in state["state_dict"])  # loads in an eager net
 
 
 @pytest.mark.parametrize("setting, mode, device, warned", [
@@ -162,7 +176,8 @@ def test_run_writes_config_and_checkpoints(debug_run):
     assert "last.ckpt" in checkpoints and any(n.startswith("epoch") for n in checkpoints)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] == 16
-    assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])
+    # the weights, the best val/acc, and the epoch's train stats so far (for a mid-epoch resume)
+    assert all(k.startswith(("net.", "val_acc_best", "stats.train_stats.")) for k in state["state_dict"])
 
 
 def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
@@ -170,8 +185,10 @@ def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
-    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss"):
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss",
+                "train/images_per_s"):
         assert tag in scalars, tag
+    assert len(events.Scalars("train/images_per_s")) == 2 and all(e.value > 0 for e in events.Scalars("train/images_per_s"))
     assert len(events.Scalars("val/acc")) == 2  # per epoch
     lrs = [e.value for e in events.Scalars("lr-SGD")]
     assert len(lrs) == 16 and lrs[0] == pytest.approx(0.0015) and max(lrs) == pytest.approx(0.015)

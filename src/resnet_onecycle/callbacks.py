@@ -1,14 +1,19 @@
-"""Training callbacks that are not resume (see resume.py): the LR log, weight averaging, the
-last.ckpt schedule and the checkpoint writer."""
+"""Training callbacks that are not resume (see resume.py): the LR log, throughput, weight
+averaging, the last.ckpt schedule and the checkpoint writer."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -39,6 +44,74 @@ class LearningRates(L.Callback):
                     stats[f"{key}-momentum"] = momentum
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=trainer.global_step)
+
+
+log = logging.getLogger(__name__)
+
+
+class Throughput(L.Callback):
+    """Images per second of each epoch's training steps (`train/images_per_s`, in TensorBoard and
+    metrics.json) and, where the device's peak is known, the model FLOPs utilisation (`train/mfu`):
+    the FLOPs of one training image (forward and backward, counted by torch.utils.flop_counter
+    through Lightning's `measure_flops`) times images/s, over the peak for the run's precision
+    (Lightning's `get_available_flops`, or `peak_flops` where Lightning's table lacks the device).
+
+    Timed from the epoch's first step to the end of its last, with one device sync at each end:
+    the guard reads the losses there anyway (resume.RunGuard), so no step waits on the GPU for it.
+    Lightning's ThroughputMonitor would sync after every step."""
+
+    def __init__(self, peak_flops: float | None = None) -> None:
+        self.peak_flops = peak_flops
+        self.flops_per_image: int | None = None
+        self.images, self.start = 0, None
+        self.epochs: list[dict] = []  # per epoch: images_per_s (and mfu)
+
+    def on_fit_start(self, trainer, module) -> None:
+        net = copy.deepcopy(module.net).to("meta")
+        x = torch.zeros(1, 3, 32, 32, device="meta")
+        self.flops_per_image = measure_flops(net, lambda: net(x), lambda y: y.sum())
+        device = trainer.strategy.root_device
+        dtype = torch.bfloat16 if str(trainer.precision).startswith("bf16") else torch.float32
+        if self.peak_flops is None and device.type == "cuda":
+            self.peak_flops = get_available_flops(device, dtype)
+        log.info("FLOPs of one training image (forward and backward): %.4g%s", self.flops_per_image,
+                 f"; device peak {self.peak_flops:.4g} FLOP/s" if self.peak_flops else "")
+
+    def sync(self, trainer) -> float:
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.images, self.start = 0, self.sync(trainer)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.images += len(batch[1]) * trainer.world_size
+        if batch_idx + 1 >= trainer.num_training_batches and self.start is not None:
+            seconds, self.start = self.sync(trainer) - self.start, None
+            epoch = {"epoch": trainer.current_epoch, "images_per_s": round(self.images / seconds, 1)}
+            if self.peak_flops:
+                epoch["mfu"] = round(self.images * self.flops_per_image / seconds / self.peak_flops, 4)
+            self.epochs.append(epoch)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self.epochs and self.epochs[-1]["epoch"] == trainer.current_epoch:
+            for key in ("images_per_s", "mfu"):
+                if key in self.epochs[-1]:
+                    module.log(f"train/{key}", self.epochs[-1][key])
+
+    def summary(self) -> dict:
+        """For metrics.json: the FLOPs of a training image and each epoch's images/s (and MFU)."""
+        rates = [e["images_per_s"] for e in self.epochs]
+        return {"flops_per_training_image": self.flops_per_image, "throughput_per_epoch": self.epochs,
+                "images_per_s_median": statistics.median(rates) if rates else None}
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = list(state_dict.get("epochs", []))
 
 
 class WeightAveraging(EMAWeightAveraging):

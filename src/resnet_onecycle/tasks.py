@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resnet_onecycle.analysis import Analysis
+from resnet_onecycle.callbacks import Throughput
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.files import save_figure, write_text
 from resnet_onecycle.framework import compile_counters
@@ -101,7 +102,8 @@ def train(cfg: DictConfig) -> dict:
         trainer.test(module, datamodule=datamodule)
     summary = {**run_summary(trainer, datamodule, cfg, "completed", start), **analysis.fit_metrics,
                **final_metrics(trainer), "fit_time_s": round(fit_time, 2),
-               "data_prep_time_s": round(datamodule.prepare_time_s, 2), **compile_record, **found}
+               "data_prep_time_s": round(datamodule.prepare_time_s, 2), **compile_record, **found,
+               **next((c.summary() for c in trainer.callbacks if isinstance(c, Throughput)), {})}
     tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if trainer.is_global_zero and tensorboard is not None:
         metrics = {k: v for k, v in summary.items() if k.startswith(("train/", "val/", "test/"))}
