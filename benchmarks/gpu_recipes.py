@@ -1,4 +1,17 @@
-"""The named recipes on one GPU, measured and settled in one go, by rules fixed here in advance:
+"""The GPU measurements in one go. Two plans (--plan):
+
+`fit` (the default, about 8 minutes on an H200): the whole fit against a plain loop, and the
+compiled fit with a warm cache.
+1. `benchmarks/accuracy.py` on `experiment=fast` over --seeds: the project's fit against a plain
+   loop's (both train and validate every epoch; the plain loop writes no checkpoint);
+2. `experiment=fast_best model.compile=true` with an empty compile cache (seed --seeds[0]): the
+   compilation's cost, kept in the cache;
+3. the same over --seeds with that cache warm: the fit a user sees from the second compiled run;
+4. `experiment=fast_best` eager over --seeds: the accuracy and fit that compiled is compared with.
+Every run logs images/s and the model FLOPs utilisation each epoch (`--peak-flops`, since
+Lightning's table has no plain "NVIDIA H200").
+
+`recipes`: the named recipes settled by rules fixed here in advance:
 
 1. held-out: each of CANDIDATES on top of `experiment=fast_best`, one seed, trained on 45,000
    images and validated on the 5,000 held out (`data.val_size=5000 test=false`, --val-size);
@@ -18,8 +31,10 @@ takes); accuracy.py's JSON beside them. Prints summary.md at the end.
 
 On the GPU machine, from the project's root:
     source .device/gpu-env.sh && python3 benchmarks/gpu_recipes.py --out "$OUT" 2>&1 | tee "$OUT/gpu.log"
-A CPU dry run (about 4 minutes on 2 cores):
-    python benchmarks/gpu_recipes.py --out /tmp/dry --data <copy> --trainer trainer=cpu --epochs 3 \\
+CPU dry runs (a few minutes each on 2 cores):
+    python benchmarks/gpu_recipes.py --out /tmp/dry --data <copy> --trainer trainer=cpu --epochs 3 --budget 1500 \\
+        --peak-flops 1e12 model.net.width=0.0625 data.subset=2048 data.test_subset=512
+    python benchmarks/gpu_recipes.py --plan recipes --out /tmp/dry --data <copy> --trainer trainer=cpu --epochs 3 \\
         --fit-target 3 --val-size 512 --budget 1500 model.net.width=0.0625 data.subset=2048 data.test_subset=512
 """
 
@@ -124,9 +139,15 @@ class Stages:
 
 def recipe_result(runs: list[dict], overrides: list[str]) -> dict:
     runs = [r for r in runs if r and r.get("status") == "completed"]
+    for run in runs:  # the median MFU over the epochs after the first (start-up, compilation, autotuning)
+        mfu = [e["mfu"] for e in run.get("throughput_per_epoch", [])[1:] if "mfu" in e]
+        if mfu:
+            run["mfu_median"] = round(statistics.median(mfu), 4)
     return {"overrides": overrides, "runs": len(runs), "epochs": runs[0]["epochs"] if runs else None,
             "test_acc": spread(runs, "test/acc", 4), "fit_time_s": spread(runs, "fit_time_s", 2),
-            "fit_time_s_max": max((r["fit_time_s"] for r in runs), default=None)}
+            "fit_time_s_max": max((r["fit_time_s"] for r in runs), default=None),
+            "compile_time_s": spread(runs, "compile_time_s", 2), "images_per_s_median": spread(runs, "images_per_s_median", 0),
+            "mfu_median": spread(runs, "mfu_median", 4)}
 
 
 def fast_best(stages: Stages, chosen: str, result: dict) -> None:
@@ -151,7 +172,7 @@ def accuracy_benchmark(stages: Stages, result: dict) -> None:
     if not stages.fits("accuracy_fast", len(args.seeds) * args.run_need * 1.2):
         return
     command = [sys.executable, "benchmarks/accuracy.py", "--seeds", ",".join(map(str, args.seeds)), "--json", str(path),
-               "experiment=fast", *schedule(args.epochs), *stages.common]
+               "experiment=fast", *schedule(args.epochs), *stages.common, "callbacks.throughput.peak_flops=null"]
     try:
         subprocess.run(command, cwd=ROOT, capture_output=True, timeout=max(1, stages.left() - 5))
     except subprocess.TimeoutExpired:
@@ -163,9 +184,28 @@ def accuracy_benchmark(stages: Stages, result: dict) -> None:
         result["accuracy_fast"] = {**{k: accuracy.get(k) for k in keys}, **ways}
 
 
+def fit_plan(stages: Stages, result: dict) -> None:
+    """The `fit` plan: accuracy.py on fast, then fast_best compiled (cold, then warm) and eager."""
+    args, length = stages.args, schedule(stages.args.epochs)
+    accuracy_benchmark(stages, result)
+    save(args.out, result)
+    compiled = ["experiment=fast_best", *length, "model.compile=true", f"paths.compile_cache_dir={stages.work / 'compile'}"]
+    cold = stages.train(f"fast_best_compiled_cold_seed{args.seeds[0]}", *compiled, f"seed={args.seeds[0]}")
+    result["fast_best_compiled_cold"] = recipe_result([cold], compiled[:-1])
+    warm = stages.seeds("fast_best_compiled_warm", *compiled)
+    result["fast_best_compiled_warm"] = recipe_result(warm, compiled[:-1])
+    save(args.out, result)
+    eager = stages.seeds("fast_best_eager", "experiment=fast_best", *length)
+    result["fast_best_eager"] = recipe_result(eager, ["experiment=fast_best", *length])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the JSON files and summary.md go")
+    parser.add_argument("--plan", choices=("fit", "recipes"), default="fit", help="what to measure (see above)")
+    parser.add_argument("--peak-flops", type=float, default=9.9e14,
+                        help="the device's peak FLOP/s for MFU: Lightning's figure for an H200 SXM in bf16, "
+                             "half its sparse 2.0e15")
     parser.add_argument("--data", default=".device/cifar10-jpeg.tar.gz", help="data.source for every run")
     parser.add_argument("--trainer", default="trainer=gpu", help="the trainer overrides, e.g. trainer=cpu")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
@@ -178,9 +218,18 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    args.overrides = [f"callbacks.throughput.peak_flops={args.peak_flops}", *args.overrides]
     with tempfile.TemporaryDirectory() as work:
         stages, length = Stages(args, Path(work)), schedule(args.epochs)
         stages.warm_cache()
+        if args.plan == "fit":
+            result = {"date": time.strftime("%Y-%m-%d"), "plan": "fit", "budget_s": args.budget, "held_out": {}}
+            fit_plan(stages, result)
+            first = next(iter(stages.runs.values()), {})
+            result["device"], result["torch"] = first.get("device"), first.get("torch")
+            print(save(args.out, result))
+            print(f"== done in {time.monotonic() - stages.start:.0f} s")
+            return
         held_out_split = [f"data.val_size={args.val_size}", "test=false"]
         runs = {name: stages.train(f"held_out_{name}", "experiment=fast_best", *held_out_split, *length, *changes)
                 for name, changes in CANDIDATES.items()}
@@ -227,7 +276,8 @@ def summary_markdown(result: dict) -> str:
         lines.append(f"| {name}{chosen} | {overrides} | {percent(run['val_acc'])} | {run['fit_time_s']} s |")
     lines += ["", "| recipe | overrides | epochs | test acc, mean ± std | each seed | fit, mean (max) |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for name in ("fast", "fast_best", "fast_best_at_full_length", "fast_best_compiled"):
+    for name in ("fast", "fast_best", "fast_best_at_full_length", "fast_best_compiled", "fast_best_compiled_cold",
+                 "fast_best_compiled_warm", "fast_best_eager"):
         r = result.get(name)
         if not r or not r["runs"]:
             continue
@@ -236,6 +286,13 @@ def summary_markdown(result: dict) -> str:
         seeds = ", ".join(percent(v) for v in acc["values"])
         lines.append(f"| {name} | {' '.join(r['overrides'])} | {r['epochs']} | {percent(acc['mean'])}{std} | {seeds} | "
                      f"{fit['mean']} s ({r['fit_time_s_max']} s) |")
+    timed = [(name, result[name]) for name in ("fast_best_compiled_cold", "fast_best_compiled_warm", "fast_best_eager")
+             if result.get(name, {}).get("runs")]
+    if timed:
+        lines += ["", "| run | fit, mean | compile_time_s, mean | images/s, median epoch | MFU, median epoch |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {name} | {r['fit_time_s']['mean']} s | {r['compile_time_s']['mean']} | "
+                  f"{r['images_per_s_median']['mean']} | {r['mfu_median']['mean']} |" for name, r in timed]
     if "accuracy_fast" in result:
         lines += ["", f"accuracy.py, experiment=fast: {json.dumps(result['accuracy_fast'])}"]
     return "\n".join(lines) + "\n"

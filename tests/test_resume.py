@@ -119,11 +119,33 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, u
     message = str(error.value)
     assert "loss became nan at step 12 (epoch 1)" in message and "model.scheduler.max_lr" in message
     run_dir = tmp_path / "d" / "run"
-    assert f"The last good checkpoint, {run_dir / 'checkpoints' / 'last.ckpt'}, is kept." in message
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # the first epoch's best-epoch checkpoint (last.ckpt is not due yet: callbacks.last_checkpoint.every_s)
+    assert f"The last good checkpoint, {run_dir / 'checkpoints' / 'epoch000.ckpt'}, is kept." in message
+    checkpoint = torch.load(run_dir / "checkpoints" / "epoch000.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 0  # saved after epoch 0; nothing was saved once the loss was NaN
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
+
+
+class NonFiniteLoss(L.Callback):
+    """Reports a NaN loss for step `at_step`, as a step that diverged would (the weights stay finite)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, module, outputs, *args) -> None:
+        if trainer.global_step - 1 == self.at_step:
+            outputs["loss"] = torch.tensor(float("nan"))
+
+
+def test_a_timed_save_never_follows_a_non_finite_loss(tmp_path, uninterrupted):
+    tree, _, _ = uninterrupted
+    nan = {"_target_": "test_resume.NonFiniteLoss", "at_step": 5}  # mid-epoch 0, long before the guard's 50-step read
+    with pytest.raises(DivergenceError, match="loss became nan at step 5"):
+        run(tmp_path, "t", tree, "callbacks.last_checkpoint.every_s=0", extra_callbacks=[nan])
+    checkpoints = tmp_path / "t" / "run" / "checkpoints"
+    assert [p.name for p in checkpoints.glob("*.ckpt")] == ["last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 5  # step 4's
 
 
 def test_divergence_names_the_lr_of_the_step():
@@ -171,7 +193,7 @@ def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
     process = start_train(*common, "trainer.max_epochs=12")
     runs = tmp_path / "logs" / "train" / "runs"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(runs.glob("*/checkpoints/last.ckpt")):
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/*.ckpt")):  # the first epoch's best: training
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)

@@ -105,7 +105,7 @@ class Throughput(L.Callback):
         """For metrics.json: the FLOPs of a training image and each epoch's images/s (and MFU)."""
         rates = [e["images_per_s"] for e in self.epochs]
         return {"flops_per_training_image": self.flops_per_image, "throughput_per_epoch": self.epochs,
-                "images_per_s_median": statistics.median(rates) if rates else None}
+                "images_per_s_median": round(statistics.median(rates), 1) if rates else None}
 
     def state_dict(self) -> dict:
         return {"epochs": self.epochs}

@@ -19,16 +19,27 @@ def one_cycle_peak_step(scheduler_state: dict) -> int:
 
 
 def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
-    """torch.compile's counts: graphs compiled (recompiles included), graph breaks, and the times
-    CUDA graphs were skipped. Process-wide: with `since`, an earlier reading, those since then.
+    """torch.compile's counts: graphs compiled (recompiles included), graph breaks, the times CUDA
+    graphs were skipped, the compile caches' hits and misses, and the seconds spent compiling.
+    Process-wide: with `since`, an earlier reading, those since then.
     Empty where this torch does not keep them (torch keeps them in `torch._dynamo` only)."""
     try:
         from torch._dynamo.utils import counters
     except ImportError:
         return {}
+    from torch._dynamo.utils import compilation_time_metrics
+
     now = {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
-           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
-    return {key: value - (since or {}).get(key, 0) for key, value in now.items()}
+           "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+           "fxgraph_cache_hits": counters["inductor"]["fxgraph_cache_hit"],
+           "fxgraph_cache_misses": counters["inductor"]["fxgraph_cache_miss"],
+           "autograd_cache_hits": counters["aot_autograd"]["autograd_cache_hit"],
+           "autograd_cache_misses": counters["aot_autograd"]["autograd_cache_miss"],
+           # seconds: compiling each frame, and the backward graphs, which compile at their first call
+           "compile_time_s": sum(sum(compilation_time_metrics.get(key, ()))
+                                 for key in ("_compile.compile_inner", "backward._backward_impl"))}
+    return {key: round(value - (since or {}).get(key, 0), 3) if isinstance(value, float) else value - (since or {}).get(key, 0)
+            for key, value in now.items()}
 
 
 def keep_average_on(averaging, device) -> None:
@@ -36,3 +47,11 @@ def keep_average_on(averaging, device) -> None:
     which only the strategy knows once the callback is built."""
     if averaging._device is None:
         averaging._device = device
+
+
+def inductor_default_cache_dir() -> str:
+    """The directory torch's compile caches use when TORCHINDUCTOR_CACHE_DIR is not set: torch
+    writes it into that variable on import, so the variable alone does not say who chose it."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return default_cache_dir()

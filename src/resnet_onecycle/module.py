@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from resnet_onecycle.compile_cache import guarded
 from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.models import TTA_MODES, FlipAveraged, flip_averaged
 
@@ -40,8 +41,8 @@ def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
     epoch's last), what CUDA graphs capture, rather than one for any size."""
     mode = compile_mode(setting, device_type)
     if mode == "cudagraphs":
-        return torch.compile(fn, backend="cudagraphs", dynamic=False)
-    return torch.compile(fn, mode=mode, dynamic=False)
+        return guarded(torch.compile(fn, backend="cudagraphs", dynamic=False))
+    return guarded(torch.compile(fn, mode=mode, dynamic=False))
 
 
 class EpochStats(Metric):
@@ -102,7 +103,6 @@ class MixedResNetModule(L.LightningModule):
         self.net = net
         self.example_input_array = torch.zeros(2, 3, 32, 32)
         self.stats = nn.ModuleDict({f"{stage}_stats": EpochStats() for stage in ("train", "val", "test")})
-        self.stats["train_stats"].persistent(True)  # a checkpoint from mid-epoch resumes the epoch's train/acc too
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.compiled_net: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -194,6 +194,18 @@ class MixedResNetModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+
+    # The training epoch's stats so far travel in the checkpoint (outside the weights' state_dict), so
+    # that a resume from mid-epoch (a timed last.ckpt, an interrupt) reports the epoch's train/acc whole.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        stats = self.stats["train_stats"]
+        checkpoint["train_stats"] = {name: torch.cat(getattr(stats, name)) if getattr(stats, name) else None
+                                     for name in ("losses", "hits")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stats = self.stats["train_stats"]
+        for name, value in checkpoint.get("train_stats", {}).items():
+            setattr(stats, name, [] if value is None else [value.to(self.device)])
 
     # --- optimizer and schedule ------------------------------------------------------------------
 

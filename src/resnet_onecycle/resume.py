@@ -14,7 +14,7 @@
   checkpoint carries the random generators' states, put back when training resumes.
 - The batch position inside an epoch is the DataModule's checkpoint state
   (`data.cifar10.CIFAR10DataModule.state_dict`), the epoch Lightning's (`Batches.set_epoch`);
-  `last.ckpt` at every epoch's end is a `ModelCheckpoint` (`configs/callbacks/default.yaml`);
+  `last.ckpt` every `callbacks.last_checkpoint.every_s` seconds is `callbacks.LastCheckpoint`;
   the exit codes 130 and 143 are `cli.run`'s.
 
 Lightning's own SIGTERM handling (2.6) stops at a step boundary too, but it leaves SIGINT to
@@ -78,8 +78,8 @@ class RunGuard(L.Callback):
 
     A non-finite loss stops the run with a DivergenceError naming the step and its LR. Losses stay
     on the device and are read back only every `check_every_n_steps` steps, at the last step of
-    each epoch (before validation and checkpointing) and before an interrupt's save, so the guard
-    costs one host sync per check, and no checkpoint ever holds diverged weights.
+    each epoch (before validation and checkpointing) and before any save, so the guard costs one
+    host sync per check, and no checkpoint is saved after a non-finite loss.
 
     Its state in every checkpoint is the random generators' (torch, numpy, python, CUDA), put back
     when training resumes, so a resumed run draws the same augmentations as an uninterrupted one,
@@ -171,6 +171,10 @@ class RunGuard(L.Callback):
                 "model.scheduler.peak_epoch; the LRs follow model.scheduler. Resume with the schedule the run started with."
             )
 
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        if self.pending:  # a timed save mid-epoch: never over a loss already non-finite
+            self.check(trainer)
+
     # --- the check after every step -----------------------------------------------------------
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -201,11 +205,11 @@ class RunGuard(L.Callback):
         if all(finite):
             return
         step, epoch, lr, loss = pending[finite.index(False)]
-        last = last_checkpoint_path(trainer)
         writes = getattr(trainer.strategy, "checkpoint_io", None)
         if isinstance(writes, AsyncCheckpointWrites):
             writes.wait()  # a checkpoint still being written is there once this returns
-        kept = f"The last good checkpoint, {last}, is kept." if last.exists() else "No checkpoint was saved before it."
+        last = newest_checkpoint_of(last_checkpoint_path(trainer).parent.parent)
+        kept = f"The last good checkpoint, {last}, is kept." if last else "No checkpoint was saved before it."
         max_lr = trainer.optimizers[0].param_groups[0].get("max_lr", "?")  # set by OneCycleLR
         raise DivergenceError(
             f"Training diverged: the loss became {float(loss)} at step {step} (epoch {epoch}) with LR {lr:.4g}. "

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from resnet_onecycle import compile_cache
 from resnet_onecycle.analysis import Analysis
 from resnet_onecycle.callbacks import Throughput
 from resnet_onecycle.errors import ConfigError
@@ -60,6 +61,8 @@ def train(cfg: DictConfig) -> dict:
     check_same_schedule(cfg)
     check_task_keys(cfg)
     check_one_cycle(**cfg.model.scheduler, epochs=cfg.trainer.max_epochs)
+    if cfg.model.get("compile"):
+        compile_cache.use(cfg.paths.compile_cache_dir)
     output_dir = Path(cfg.paths.output_dir)
     if first_process():  # until the run says otherwise, a run that stops here, killed, reads as not finished
         write_metrics(output_dir, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -258,7 +261,8 @@ def compile_report(cfg: DictConfig, before: dict, device: torch.device) -> dict:
     if device.type == "cuda" and counts.get("cudagraph_skips") and mode in CUDA_GRAPH_MODES:
         log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
                     "TORCH_LOGS=cudagraphs,perf_hints shows why.", cfg.model.compile, counts["cudagraph_skips"])
-    return {"compile": {"mode": mode, **counts}}
+    return {"compile_time_s": counts.pop("compile_time_s", None),
+            "compile": {"mode": mode, "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"), **counts}}
 
 
 def load_weights(module: L.LightningModule, ckpt_path: str, width) -> dict:
