@@ -85,7 +85,7 @@ def schedule(epochs: int) -> list[str]:
 
 
 def spread(runs: list[dict], key: str, digits: int) -> dict:
-    values = [r[key] for r in runs if key in r]
+    values = [r[key] for r in runs if r.get(key) is not None]
     return {"mean": round(statistics.mean(values), digits) if values else None,
             "std": round(statistics.stdev(values), digits) if len(values) > 1 else None, "values": values}
 

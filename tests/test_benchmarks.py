@@ -208,7 +208,7 @@ def test_gpu_recipes_runs_its_stages_in_order_and_the_cut_fast_best_over_every_s
     monkeypatch.setattr(g.Stages, "train", train)
     monkeypatch.setattr(g.Stages, "warm_cache", lambda stages: None)
     monkeypatch.setattr(g, "accuracy_benchmark", lambda stages, result: calls.append("accuracy_fast"))
-    monkeypatch.setattr(sys, "argv", ["gpu_recipes.py", "--out", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["gpu_recipes.py", "--plan", "recipes", "--out", str(tmp_path)])
     with redirect_stdout(io.StringIO()):
         g.main()
     # 18.8 s at 24 epochs: 4.25 s over 97% of 15 s is 7 epochs of 0.7 s
@@ -222,3 +222,32 @@ def test_gpu_recipes_runs_its_stages_in_order_and_the_cut_fast_best_over_every_s
     assert result["fast_best"]["runs"] == 3 and result["fast_best"]["fit_time_s_max"] == pytest.approx(13.9)
     assert result["fast_best_at_full_length"]["epochs"] == 24 and result["fast"]["runs"] == 3
     assert "| max_lr_0.8 (chosen) |" in (tmp_path / "summary.md").read_text()
+
+
+def test_gpu_recipes_fit_plan_compiles_cold_then_warm_and_compares_with_eager(tmp_path, monkeypatch):
+    g, calls = gpu_recipes(), []
+
+    def train(stages, name, *overrides):  # compiled: 10 s of compiling when cold, 1 s warm; MFU 0.2 after epoch 0
+        calls.append((name, overrides))
+        compiled = "model.compile=true" in overrides
+        compile_s = (10.0 if "cold" in name else 1.0) if compiled else None
+        return {"status": "completed", "epochs": 24, "test/acc": 0.93, "fit_time_s": 9 + (compile_s or 4),
+                "compile_time_s": compile_s, "images_per_s_median": 1e5, "device": "GPU", "torch": "t",
+                "throughput_per_epoch": [{"epoch": 0, "mfu": 0.01}, {"epoch": 1, "mfu": 0.2}, {"epoch": 2, "mfu": 0.2}]}
+
+    monkeypatch.setattr(g.Stages, "train", train)
+    monkeypatch.setattr(g.Stages, "warm_cache", lambda stages: None)
+    monkeypatch.setattr(g, "accuracy_benchmark", lambda stages, result: calls.append(("accuracy_fast", ())))
+    monkeypatch.setattr(sys, "argv", ["gpu_recipes.py", "--out", str(tmp_path)])
+    with redirect_stdout(io.StringIO()):
+        g.main()
+    names = [name for name, _ in calls]
+    assert names == ["accuracy_fast", "fast_best_compiled_cold_seed0", *(f"fast_best_compiled_warm_seed{s}" for s in range(3)),
+                     *(f"fast_best_eager_seed{s}" for s in range(3))]
+    caches = {o for _, overrides in calls for o in overrides if o.startswith("paths.compile_cache_dir=")}
+    assert len(caches) == 1  # one cache: the cold run fills it, the warm runs read it
+    result = json.loads((tmp_path / "summary.json").read_text())
+    assert result["fast_best_compiled_cold"]["compile_time_s"]["mean"] == 10.0
+    assert result["fast_best_compiled_warm"]["runs"] == 3 and result["fast_best_compiled_warm"]["fit_time_s"]["mean"] == 10.0
+    assert result["fast_best_eager"]["mfu_median"]["mean"] == 0.2  # the epochs after the first
+    assert "| fast_best_compiled_warm | 10.0 s | 1.0 | 100000.0 | 0.2 |" in (tmp_path / "summary.md").read_text()
