@@ -12,6 +12,7 @@ inflates every part a little, alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -53,7 +54,9 @@ def main() -> None:
     sys.argv = sys.argv[:1]
     from resnet_onecycle.tasks import train
 
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    # Lightning's tables and progress go to stderr: stdout is the JSON alone
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"), \
+            contextlib.redirect_stdout(sys.stderr):
         def config(name: str):
             return compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={out}/{name}",
                                                "analysis.enabled=false", "callbacks.progress_bar=null", *args.overrides])

@@ -22,6 +22,8 @@ from resnet_onecycle.errors import ConfigError
 from resnet_onecycle.files import written_whole
 from resnet_onecycle.framework import keep_average_on
 
+log = logging.getLogger(__name__)
+
 
 class LearningRates(L.Callback):
     """Lightning's LearningRateMonitor values (`lr-SGD`, `lr-SGD-momentum`, every
@@ -44,9 +46,6 @@ class LearningRates(L.Callback):
                     stats[f"{key}-momentum"] = momentum
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=trainer.global_step)
-
-
-log = logging.getLogger(__name__)
 
 
 class Throughput(L.Callback):

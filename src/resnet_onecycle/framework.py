@@ -38,7 +38,8 @@ def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
            # seconds: compiling each frame, and the backward graphs, which compile at their first call
            "compile_time_s": sum(sum(compilation_time_metrics.get(key, ()))
                                  for key in ("_compile.compile_inner", "backward._backward_impl"))}
-    return {key: round(value - (since or {}).get(key, 0), 3) if isinstance(value, float) else value - (since or {}).get(key, 0)
+    since = since or {}
+    return {key: round(value - since.get(key, 0), 3) if key == "compile_time_s" else value - since.get(key, 0)
             for key, value in now.items()}
 
 
