@@ -176,6 +176,7 @@ def trained_run(tmp_path_factory):
     return tmp, tree, run_dir, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_training_run_writes_lr_find_pictures_and_report(trained_run):
     _, _, run_dir, _console = trained_run
     for name in ("lr_find.png", "curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png", "report.md"):
@@ -191,6 +192,7 @@ def test_training_run_writes_lr_find_pictures_and_report(trained_run):
     assert "subset of 256 test images" in report  # debug=fast tests on data.test_subset=256
 
 
+@pytest.mark.slow
 def test_the_curves_lr_is_the_schedule_at_every_step(trained_run):
     from resnet_onecycle.analysis.curves import read_scalars, schedule_lrs, steps_per_epoch_of
 
@@ -219,6 +221,7 @@ def metrics_steps(run_dir) -> int:
     return json.loads((run_dir / "metrics.json").read_text())["global_steps"]
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
     tmp, _, run_dir, _console = trained_run
     result = script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp / 'logs'}")
@@ -238,6 +241,7 @@ def test_eval_reproduces_the_training_runs_test_accuracy(trained_run):
     assert saved.trainer.max_epochs == 2 and saved.data.batch_size == 64 and saved.model.net.width == 0.125
 
 
+@pytest.mark.slow
 def test_a_training_runs_console_holds_no_third_party_noise(trained_run):
     *_, console = trained_run
     for noise in ("💡 Tip", "litlogger", "LeafSpec", "torch.jit", "FutureWarning", "DeprecationWarning"):
@@ -245,6 +249,7 @@ def test_a_training_runs_console_holds_no_third_party_noise(trained_run):
     assert "test/acc" in console  # the project's own result line is there
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
     from hydra import compose, initialize_config_dir
 
@@ -272,6 +277,7 @@ def test_eval_refuses_a_missing_or_foreign_checkpoint(trained_run, tmp_path):
     assert "this config builds width 0.25: give model.net.width=0.125" in other.stderr and "Traceback" not in other.stderr
 
 
+@pytest.mark.slow
 def test_find_lr_script_prints_the_override(trained_run, tmp_path):
     _, tree, _, _console = trained_run
     result = script("find_lr.py", "debug=fast", f"data.source={tree}", f"paths.log_dir={tmp_path}",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from resnet_onecycle import compile_cache
@@ -32,6 +33,7 @@ def compile_in_new_process(cache) -> tuple[dict, str]:
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(tmp_path):
     cache = tmp_path / "cache"
     cold, _ = compile_in_new_process(cache)

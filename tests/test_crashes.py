@@ -81,6 +81,7 @@ def assert_same_end(run: Path, reference: dict) -> None:
     assert got["per_class_accuracy"] == reference["per_class_accuracy"]
 
 
+@pytest.mark.slow
 def test_killed_at_each_moment_a_run_reads_running_and_resumes_to_the_same_end(tmp_path, data, reference):
     """SIGKILL while the cache is written, while a checkpoint is written (training goes on beside
     the writer), while the pictures are written and while the final metrics.json is written; after
@@ -118,6 +119,7 @@ def test_killed_at_each_moment_a_run_reads_running_and_resumes_to_the_same_end(t
     assert not list(run.glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_killed_between_two_timed_saves_a_run_resumes_from_the_last_and_ends_the_same(tmp_path, data, reference):
     """last.ckpt every step (every_s=0), no best-epoch checkpoint: SIGKILL while the save after the
     37th step is written (mid-way through the last epoch) leaves the 36th step's, and resume= from
@@ -165,6 +167,7 @@ def fill(disk: Path) -> Path:
     return ballast
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_last_checkpoint(tmp_path, data):
     run, cache, flag = tmp_path / "run", tmp_path / "cache", tmp_path / "paused"
     with small_disk(run / "checkpoints") as disk:
@@ -285,6 +288,7 @@ def test_checkpoints_cut_short_and_a_garbled_run_config_are_named_with_what_to_d
 # --- two runs at once on one cold cache -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_runs_on_a_cold_cache_decode_it_once_and_both_train_on_the_whole_of_it(tmp_path, data):
     """The first run stops with its cache written beside the target, not yet moved; the second
     starts meanwhile. It must neither read the unfinished file nor decode again: it waits for the

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, compose_train, write_image_tree
@@ -28,6 +29,7 @@ def lrs(run_dir):
     return [(e.step, e.value) for e in events.Scalars("lr-SGD")]
 
 
+@pytest.mark.slow
 def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path):
     tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)
     from resnet_onecycle.tasks import train as train_here
@@ -56,6 +58,7 @@ def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path)
     assert evaluated["test/acc"] == ddp["test/acc"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank_zero_stops_every_process_at_the_same_step(tmp_path):
     import signal
     import time

@@ -91,6 +91,7 @@ def test_each_scripts_help_opens_with_what_it_does_and_how_to_call_it(script, us
     assert f"task_name: {script.removesuffix('.py')}" in result.stdout  # the config follows
 
 
+@pytest.mark.slow
 def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path, image_tree):
     result = train("debug=fast", "model.compile=fast", f"data.source={image_tree}", f"paths.log_dir={tmp_path}",
                    f"paths.data_dir={tmp_path / 'cache'}")
@@ -98,11 +99,13 @@ def test_bad_values_inside_components_are_the_projects_error_not_hydras(tmp_path
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu works here")
+@pytest.mark.slow
 def test_a_gpu_trainer_without_a_gpu_names_the_fix(tmp_path, image_tree):
     result = train("trainer=gpu", f"data.source={image_tree}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'c'}")
     refused(result, "needs a CUDA GPU", "trainer=default")
 
 
+@pytest.mark.slow
 def test_hydra_full_error_still_shows_the_whole_trace(tmp_path):
     result = train("model.scheduler.max_lrr=0.05", f"paths.log_dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode == 1 and "Traceback" in result.stderr and "max_lrr" in result.stderr
@@ -115,6 +118,7 @@ class Crash(L.Callback):
         raise RuntimeError("the disk went away")
 
 
+@pytest.mark.slow
 def test_runs_that_are_refused_or_crash_say_so_in_metrics_and_the_log(tmp_path, image_tree):
     common = ["debug=fast", "data.subset=null", "data.test_subset=null", "data.batch_size=8", f"data.source={image_tree}",
               f"paths.data_dir={tmp_path / 'cache'}"]

@@ -9,6 +9,7 @@ from resnet_onecycle.tasks import train
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_width_quarter_learns_real_cifar10_in_two_epochs(offline_copy, tmp_path):
     cfg = compose_train(
         [f"data.source={offline_copy}", f"paths.data_dir={tmp_path / 'cache'}",

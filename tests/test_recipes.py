@@ -154,6 +154,7 @@ class CrashAtEpochStart(L.Callback):
             raise RuntimeError("crash")
 
 
+@pytest.mark.slow
 def test_fast_best_validates_once_yet_resumes_exactly_from_an_epoch_that_did_not_validate(tmp_path, image_tree):
     recipe = ["experiment=fast_best", "model.scheduler.peak_epoch=1"]
     reference, ref_dir = run(tmp_path, "a", image_tree, *recipe, "analysis.enabled=true")

@@ -185,6 +185,7 @@ def start_train(*overrides):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
     tree = write_image_tree(tmp_path / "data")
     common = ["debug=fast", f"data.source={tree}", "data.subset=null", "data.test_subset=null",

@@ -26,6 +26,7 @@ def summary_rows(sweep_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_job_sweep_gives_two_job_dirs_and_a_summary(tmp_path, image_tree):
     result, sweep_dir = sweep(tmp_path, image_tree, "model.scheduler.max_lr=0.02,0.05")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,6 +43,7 @@ def test_two_job_sweep_gives_two_job_dirs_and_a_summary(tmp_path, image_tree):
         assert image.size[0] >= 600
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, image_tree):
     result, sweep_dir = sweep(tmp_path, image_tree, "hydra/launcher=parallel", "model.scheduler.max_lr=0.05,-1")
     assert result.returncode == 1
@@ -56,6 +58,7 @@ def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, 
     assert not list((tmp_path / "cache").glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, image_tree):
     result, sweep_dir = sweep(tmp_path, image_tree, "hydra/launcher=local", "seed=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -91,6 +94,7 @@ def test_parallel_jobs_share_the_cores_and_local_jobs_run_as_many_as_fit(monkeyp
     assert given.hydra.sweeper.max_batch_size == 3  # a value given on the command line stays
 
 
+@pytest.mark.slow
 def test_optuna_sweep_runs_trials_and_summarizes_them(tmp_path, image_tree):
     result, sweep_dir = sweep(tmp_path, image_tree, "sweep=optuna", "hydra.sweeper.n_trials=2")
     assert result.returncode == 0, result.stderr[-3000:]

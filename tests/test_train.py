@@ -39,6 +39,7 @@ def debug_run(tmp_path_factory):
     return train_debug(tmp_path_factory.mktemp("debug_run"), "seed=7", "model.scheduler.max_lr=0.015")
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_json(debug_run):
     run_dir, tree = debug_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -88,6 +89,7 @@ def test_last_ckpt_is_the_last_epoch_and_test_ckpt_best_tests_the_best(tmp_path)
         assert epoch["mfu"] == pytest.approx(expected, rel=1e-3, abs=1e-4) and logged.value == pytest.approx(epoch["mfu"])
 
 
+@pytest.mark.slow
 def test_a_run_without_test_ends_on_its_validation_accuracy(tmp_path):
     run_dir, _ = train_debug(tmp_path, "test=false")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -97,6 +99,7 @@ def test_a_run_without_test_ends_on_its_validation_accuracy(tmp_path):
     assert f"val/acc {metrics['val/acc']:.4f} (test=false: no test)" in last_line and "nan" not in last_line
 
 
+@pytest.mark.slow
 def test_compiled_runs_learn_save_plain_weights_and_share_the_compile_cache(tmp_path):
     # true: torch's default mode on a CPU (the modes that differ from it are GPU ones: gpu.sh runs them)
     cache = tmp_path / "compile-cache"
@@ -182,6 +185,7 @@ def test_git_commit_says_when_tracked_files_changed(tmp_path):
     assert git_commit(tmp_path / "nowhere") is None
 
 
+@pytest.mark.slow
 def test_run_writes_config_and_checkpoints(debug_run):
     run_dir, _ = debug_run
     config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
@@ -193,6 +197,7 @@ def test_run_writes_config_and_checkpoints(debug_run):
     assert all(k.startswith(("net.", "val_acc_best")) for k in state["state_dict"])
 
 
+@pytest.mark.slow
 def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
     run_dir, _ = debug_run
     events = EventAccumulator(str(run_dir / "tensorboard"))
@@ -251,6 +256,7 @@ def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, me
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_resume_of_a_dir_that_does_not_exist_is_refused_and_creates_nothing(tmp_path, image_tree):
     result = run_train("debug=fast", f"data.source={image_tree}", f"paths.log_dir={tmp_path / 'logs'}",
                        "resume=/no/such/run")
@@ -258,6 +264,7 @@ def test_a_resume_of_a_dir_that_does_not_exist_is_refused_and_creates_nothing(tm
     assert "Traceback" not in result.stderr and not Path("/no/such/run").exists()
 
 
+@pytest.mark.slow
 def test_download_without_network_is_a_clear_error(tmp_path):
     # No network here: the default source must fail fast with the way out. Where a copy was already
     # downloaded into data_dir this would train instead, so point data_dir at an empty folder.
@@ -270,6 +277,7 @@ def test_download_without_network_is_a_clear_error(tmp_path):
     assert "cifar-10-python.tar.gz" in result.stderr and "../shared" not in result.stderr
 
 
+@pytest.mark.slow
 def test_logs_dir_that_cannot_be_written(tmp_path, image_tree):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -280,6 +288,7 @@ def test_logs_dir_that_cannot_be_written(tmp_path, image_tree):
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_default_logs_dir_under_the_working_dir_that_cannot_be_written(tmp_path, image_tree):
     (tmp_path / "logs").write_text("not a folder")  # paths.log_dir defaults to <working dir>/logs
     result = run_train("debug=fast", f"data.source={image_tree}", cwd=tmp_path)

@@ -135,6 +135,7 @@ def test_predict_writes_tables_and_overlays_and_lists_unreadable_files(trained, 
     assert len(list((out / "gradcam").glob("*.png"))) == 3
 
 
+@pytest.mark.slow
 def test_predict_script_exits_1_after_predicting_the_readable_files(trained, tmp_path):
     tmp, tree, ckpt = trained
     (tmp_path / "in").mkdir()
@@ -151,6 +152,7 @@ def test_predict_script_exits_1_after_predicting_the_readable_files(trained, tmp
     assert [p.name for p in input_files(str(tmp_path / "in" / "*.png"))] == ["a.png"]  # a glob
 
 
+@pytest.mark.slow
 def test_onnx_export_agrees_with_torch_at_batch_1_and_7(trained, tmp_path):
     pytest.importorskip("onnxruntime")
     from resnet_onecycle.tasks import export
@@ -200,6 +202,7 @@ def app_url(trained, tmp_path_factory):
     process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_app_classifies_like_predict_through_its_api(app_url, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -224,6 +227,7 @@ def test_the_app_classifies_like_predict_through_its_api(app_url, tmp_path):
     assert len(pictures) == len(heat) <= 5 and "misclassified" in note
 
 
+@pytest.mark.slow
 def test_a_port_in_use_or_a_missing_checkpoint_is_refused_before_launch(app_url, tmp_path):
     pytest.importorskip("gradio")
     _, port, tree, ckpt = app_url
@@ -242,6 +246,7 @@ def chromium() -> str | None:
 
 @pytest.mark.skipif(chromium() is None or shutil.which("chromedriver") is None,
                     reason="no Chromium and chromedriver here (.ci/run installs Debian's chromium and chromium-driver)")
+@pytest.mark.slow
 def test_the_app_in_a_real_browser_shows_the_predicted_label(app_url, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
