@@ -114,6 +114,17 @@ def test_epoch_parts_splits_every_epoch_of_a_training_run(tiny, monkeypatch):
         statistics.median(e["epoch_s"] for e in parts["epochs"][1:]), abs=1e-4)
 
 
+def test_fit_parts_splits_a_profiled_fit_by_part(tiny):
+    tmp, overrides = tiny
+    result = run("fit_parts.py", *overrides, "trainer.max_epochs=2")
+    parts = result["parts_s"]
+    assert set(parts) == set(runpy.run_path(str(ROOT / "benchmarks" / "fit_parts.py"))["PARTS"])
+    assert min(parts["training_steps"], parts["validation"], parts["checkpoint_saves"], parts["data_preparation"]) > 0
+    assert parts["sanity_check"] == 0  # off
+    assert parts["training_steps"] < result["trainer_fit_s"]
+    assert result["fit_time_s"] == pytest.approx(result["trainer_fit_s"] - result["data_prep_time_s"], abs=0.05)
+
+
 def test_checkpoint_writes_times_the_loop_with_each_way_of_writing(tmp_path):
     result = run("checkpoint_writes.py", "--width", "0.0625", "--steps", "3", "--ops", "10", "--epochs", "2",
                  "--rounds", "2", "--json", str(tmp_path / "w.json"))
