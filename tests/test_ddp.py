@@ -46,6 +46,9 @@ def test_ddp_keeps_the_recipe_and_reduces_metrics_over_the_whole_split(tmp_path)
     assert ddp["test_images"] == single["test_images"] == 256
     assert (ddp_dir / "train_ddp_process_1.log").exists()  # there really was a second process
     assert (ddp_dir / "report.md").exists() and not list(ddp_dir.glob("**/metrics_rank*"))
+    # every epoch-level value, the throughput included, is reduced across the processes
+    assert [e["epoch"] for e in ddp["throughput_per_epoch"]] == [0, 1]
+    assert "sync_dist=True" not in (ddp_dir / "train.log").read_text()
     # The logged test accuracy is the whole split's: one process evaluating the same weights agrees.
     result = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"),
                              f"ckpt_path={ddp_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path / 'eval'}",

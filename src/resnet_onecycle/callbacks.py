@@ -98,7 +98,7 @@ class Throughput(L.Callback):
         if self.epochs and self.epochs[-1]["epoch"] == trainer.current_epoch:
             for key in ("images_per_s", "mfu"):
                 if key in self.epochs[-1]:
-                    module.log(f"train/{key}", self.epochs[-1][key])
+                    module.log(f"train/{key}", self.epochs[-1][key], sync_dist=True)  # the processes' mean, once an epoch
 
     def summary(self) -> dict:
         """For metrics.json: the FLOPs of a training image and each epoch's images/s (and MFU)."""
