@@ -145,3 +145,13 @@ def test_top_k_cleanup_deletes_every_older_best(tmp_path, slow_writes, io, stale
     trainer.fit(Tiny(), data, data)
     assert any(p.name != "e2.ckpt" for p in tmp_path.iterdir()) == stale_files_left
     assert (tmp_path / "e2.ckpt").exists()
+
+
+@pytest.mark.parametrize("every_s", [-1, "often", True])
+def test_a_bad_last_checkpoint_interval_names_the_key_and_its_range(tmp_path, every_s):
+    from resnet_onecycle.callbacks import LastCheckpoint
+    from resnet_onecycle.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"callbacks\.last_checkpoint\.every_s=.* must be a number of seconds >= 0"):
+        LastCheckpoint(str(tmp_path), every_s=every_s)
+    assert LastCheckpoint(str(tmp_path), every_s=0).every_s == 0  # after every step

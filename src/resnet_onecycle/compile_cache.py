@@ -47,12 +47,11 @@ def use(directory: str | Path) -> Path:
         made_by = json.loads(stamp.read_text())
     except (OSError, ValueError):
         made_by = None
-    if made_by != maker() and path.is_dir() and any(path.iterdir()):
-        log.warning("The compile cache %s was made by %s, not this %s: clearing it; this run compiles afresh.",
-                    path, made_by or "an unknown version", maker())
+    if made_by != maker():  # another torch's, or new: cleared and stamped
+        if path.is_dir() and any(path.iterdir()):
+            log.warning("The compile cache %s was made by %s, not this %s: clearing it; this run compiles afresh.",
+                        path, made_by or "an unknown version", maker())
         clear(path)
-    path.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(maker()) + "\n")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return path
 
