@@ -2,7 +2,7 @@
 
 The loop: epochs of `--steps` steps of `--ops` small tensor ops each; every op lets go of the GIL
 while it runs, as a training step's ops do, and needs it back to go on. The writes: at each
-epoch's start, two checkpoints of the seed's network (`--width`, with its SGD momentum), as
+epoch's start, two checkpoints of the original's network (`--width`, with its SGD momentum), as
 ModelCheckpoint's best and last files are written in an epoch whose accuracy improves, queued
 on `AsyncCheckpointWrites`' writer thread. Three ways, every other round in reverse order:
 
@@ -45,7 +45,7 @@ class LightningsSave(AsyncCheckpointWrites):
 
 
 def checkpoint(width: float, device: str) -> dict:
-    """What Lightning puts in a checkpoint, with the seed's net and SGD's momentum buffers."""
+    """What Lightning puts in a checkpoint, with the original's net and SGD's momentum buffers."""
     net = MixedResNet(width).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
     net(torch.randn(2, 3, 32, 32, device=device)).sum().backward()
@@ -58,9 +58,9 @@ def checkpoint(width: float, device: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width", type=float, default=1.0, help="the net's width (1.0: the seed's, ~53 MB a checkpoint)")
+    parser.add_argument("--width", type=float, default=1.0, help="the net's width (1.0: the original's, ~53 MB a checkpoint)")
     parser.add_argument("--device", default="cpu", help="where the net and the loop's tensors live: cpu or cuda")
-    parser.add_argument("--steps", type=int, default=98, help="steps an epoch (the seed's: 98)")
+    parser.add_argument("--steps", type=int, default=98, help="steps an epoch (the original's: 98)")
     parser.add_argument("--ops", type=int, default=600, help="tensor ops a step (a seed step runs about 600)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs a way and round, each with two writes")
     parser.add_argument("--rounds", type=int, default=2, help="the ways this many times over, every other round reversed")

@@ -2,7 +2,7 @@
 until the next epoch starts (checkpoint writes, epoch-end logging). A callback for src/train.py,
 written as JSON when fit ends:
 
-    PYTHONPATH=benchmarks python src/train.py experiment=seed trainer=gpu test=false \\
+    PYTHONPATH=benchmarks python src/train.py experiment=original trainer=gpu test=false \\
         +callbacks.epoch_parts._target_=epoch_parts.EpochParts +callbacks.epoch_parts.path=parts.json
 
 The marks are host times and do not wait for the GPU (a wait would change what is measured);

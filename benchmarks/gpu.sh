@@ -16,8 +16,8 @@
 # Results (JSON) land in $OUT (default gpu-results/); where only a few files may come back:
 #   OUT=/tmp/res bash benchmarks/gpu.sh | tee gpu.log; tar -C /tmp/res -czf results.tar.gz .
 # A CPU dry run of the same script:
-#   OUT=/tmp/dry DATA=... RECIPE="experiment=seed data.subset=2048 data.test_subset=1024 model.net.width=0.125 trainer.max_epochs=6 trainer=cpu" BUDGET=600 bash benchmarks/gpu.sh
-RECIPE=${RECIPE:-experiment=seed trainer=gpu}
+#   OUT=/tmp/dry DATA=... RECIPE="experiment=original data.subset=2048 data.test_subset=1024 model.net.width=0.125 trainer.max_epochs=6 trainer=cpu" BUDGET=600 bash benchmarks/gpu.sh
+RECIPE=${RECIPE:-experiment=original trainer=gpu}
 BENCH_EPOCHS=${BENCH_EPOCHS:-5}
 # Where results go, the data, a scratch dir for runs and caches, and stages that are skipped when
 # too little of BUDGET (seconds) is left.
@@ -77,7 +77,7 @@ hostwork() {  # hostwork NAME NEEDED_SECONDS OVERRIDES...: per step, the host's 
   local name=$1 need=$2; shift 2
   fits "$name" "$need" || return 0
   timeout $(( $(left) - 5 )) python3 benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 --json "$OUT/$name.json" \
-    experiment=seed data.batch_size=2 model.channels_last=false "${common[@]}" "$@" 2>&1 \
+    experiment=original data.batch_size=2 model.channels_last=false "${common[@]}" "$@" 2>&1 \
     | tr '\r' '\n' | grep -E '"(host|python)"|Error|error'
   ratios "$OUT/$name.json"
 }

@@ -11,7 +11,7 @@ backward, optimizer): the host time each part takes under the profiler, its kern
 its aten ops, which says where the shared work of a step goes. Prints one JSON object. On a CPU
 only `aten::_local_scalar_dense` is counted among the syncs.
 
-    python benchmarks/host_syncs.py experiment=seed trainer=gpu data.source=...
+    python benchmarks/host_syncs.py experiment=original trainer=gpu data.source=...
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ steady epochs, so that a shared machine's slow drifts weigh on all paths alike. 
 object.
 
     python benchmarks/throughput.py experiment=cpu_quick data.source=/path/to/cifar10-jpeg.tar.gz
-    python benchmarks/throughput.py --epochs 6 experiment=seed trainer=gpu data.source=...
-    python benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 experiment=seed trainer=cpu \
+    python benchmarks/throughput.py --epochs 6 experiment=original trainer=gpu data.source=...
+    python benchmarks/throughput.py --null-net --bare --rounds 3 --epochs 4 experiment=original trainer=cpu \
         data.batch_size=2 data.subset=2048 model.channels_last=false data.source=...
 """
 

@@ -73,13 +73,13 @@ def test_range_test_suggests_a_max_lr_in_range_and_restores_the_weights(tmp_path
 
 
 def test_range_test_without_a_suggestion_says_what_to_raise(tmp_path, monkeypatch):
-    import resnet_onecycle.tasks as tasks
+    import resnet_onecycle.lr_find as lr_find
 
     cfg = compose_train(["debug=fast"], tmp_path)
     too_short = {"lr": [1e-5, 1e-4, 1e-3], "loss": [2.3, 2.2, 9.0], "suggested_max_lr": None}
-    monkeypatch.setattr(tasks, "run_lr_find", lambda *args, **kwargs: too_short)
+    monkeypatch.setattr(lr_find, "run_lr_find", lambda *args, **kwargs: too_short)
     with pytest.raises(ConfigError, match=r"stopped after 3 steps.*raise lr_find\.num_training"):
-        tasks.lr_range_test(cfg, None, tmp_path)
+        lr_find.lr_range_test(cfg, None, tmp_path)
     assert (tmp_path / "lr_find.png").is_file()  # the curve is still there to look at
 
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import ROOT, write_image_tree
+from resnet_onecycle.checkpoints import resumable_checkpoint
 from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.resume import newest_checkpoint_of, resume_problem
+from resnet_onecycle.rundir import resume_problem
 
 # 3 epochs of 15 steps, deterministic, pictures and all
 COMMON = ["debug=fast", "data.subset=null", "data.test_subset=null", "data.batch_size=4", "trainer.max_epochs=3",
@@ -185,7 +186,7 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_last_checkpoint
         # the first epoch's, whole (last.ckpt was not due yet)
         assert torch.load(disk / "epoch000.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
         # what resume= would go on from, once there is space (the kill test above resumes to the end)
-        assert resume_problem(str(run)) is None and newest_checkpoint_of(run) == disk / "epoch000.ckpt"
+        assert resume_problem(str(run)) is None and resumable_checkpoint(run) == disk / "epoch000.ckpt"
 
 
 def test_writes_on_a_full_disk_name_the_file_and_keep_what_was_there(tmp_path, image_tree):
@@ -231,9 +232,10 @@ def test_checkpoints_cut_short_and_a_garbled_run_config_are_named_with_what_to_d
     from omegaconf import OmegaConf
 
     from conftest import compose_train
-    from resnet_onecycle.inference import Classifier, read_checkpoint
+    from resnet_onecycle.checkpoints import checkpoint_problem, read_checkpoint
+    from resnet_onecycle.inference import Classifier
     from resnet_onecycle.models import MixedResNet
-    from resnet_onecycle.resume import checkpoint_problem, resumed_config
+    from resnet_onecycle.rundir import resumed_config
     from resnet_onecycle.tasks import check_task_keys
 
     run = tmp_path / "run"

@@ -11,7 +11,12 @@ import torch
 import yaml
 
 from conftest import ROOT
-from resnet_onecycle.cli import command_line_error
+from resnet_onecycle.cli import command_line_problem
+from resnet_onecycle.framework import hydra_arguments
+
+
+def command_line_error(config: str, args: list[str]) -> str | None:
+    return command_line_problem(config, hydra_arguments(args))
 
 
 def train(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -33,11 +38,13 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> None:
     ("train", ["-m", "model.scheduler.max_lr=0.01,0.02", "data.batchsize=3"], ["did you mean data.batch_size?"]),
     ("train", ["+model.scheduler.max_lrr=0.05"], ["takes no argument 'max_lrr'", "did you mean model.scheduler.max_lr?"]),
     ("train", ["trainer=gpux"], ["trainer=gpux: no such option in trainer", "cpu, ddp, default, gpu"]),
-    ("train", ["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_best, seed"]),
+    ("train", ["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_best, original"]),
     ("train", ["data.batch_size"], ["write key=value"]),
     ("eval", ["ckpt_path=x.ckpt", "model.net.widht=0.25"], ["did you mean model.net.width?"]),
     ("find_lr", ["lr_find.maxlr=5"], ["did you mean lr_find.max_lr?"]),
-    ("train", ["-m", "model.scheduler.max_lr=0.01,0.02", "--cfg", "job"], ["--cfg and -m together", "drop -m"]),
+    ("train", ["-m", "model.scheduler.max_lr=0.01,0.02", "--cfg", "job"], ["-m and --cfg together", "drop -m"]),
+    ("train", ["-cn", "eval", "model.net.widht=0.25"], ["did you mean model.net.width?"]),  # Hydra's flags count
+    ("train", ["--config-name=find_lr", "lr_find.maxlr=5"], ["did you mean lr_find.max_lr?"]),
 ])
 def test_command_line_mistakes_name_the_key_and_the_fix(config, args, words):
     problem = command_line_error(config, args)
@@ -51,6 +58,36 @@ def test_command_line_mistakes_name_the_key_and_the_fix(config, args, words):
                                   ["--help"], ["experiment=fast", "--cfg", "job", "--resolve"]])
 def test_good_command_lines_pass_the_check(args):
     assert command_line_error("train", args) is None
+
+
+def test_a_config_dir_given_with_cd_is_searched_too(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  max_epochs: 3\n")
+    assert command_line_error("train", ["-cd", str(tmp_path), "experiment=mine"]) is None
+    assert "no such option in experiment" in command_line_error("train", ["experiment=mine"])
+
+
+def test_one_check_names_the_key_the_value_and_what_it_must_be():
+    from resnet_onecycle.errors import ConfigError, check
+
+    check("a", 3, low=1)
+    check("a", None, low=1, optional=True)
+    check("b", 0.5, float, low=0, below=1)
+    check("c", "flip", choices=("none", "flip"))
+    for value, kind, bounds, words in [
+        (True, int, {}, ["a=True", "whole number"]),        # a bool is no number
+        (2.5, int, {}, ["a=2.5", "whole number"]),
+        ("2", float, {}, ["a='2'", "a number"]),
+        (0, float, {"above": 0}, ["a=0", "> 0"]),
+        (1, float, {"low": 0, "below": 1}, ["a=1", ">= 0 and < 1"]),
+        (None, int, {"low": 1}, ["a=None", ">= 1"]),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            check("a", value, kind, fix="e.g. a=1", **bounds)
+        for word in [*words, "e.g. a=1"]:
+            assert word in str(raised.value), (word, str(raised.value))
+    with pytest.raises(ConfigError, match=r"c='wrap': use none, flip"):
+        check("c", "wrap", choices=("none", "flip"))
 
 
 def probed(script: str, *args: str) -> tuple[subprocess.CompletedProcess, bool]:

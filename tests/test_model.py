@@ -1,4 +1,4 @@
-"""The network against the seed's torchsummary table, row for row."""
+"""The network against the original's torchsummary table, row for row."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 
 from resnet_onecycle.models import MixedResNet
 
-# The seed's table: (layer type, output shape without the batch, parameters), in torchsummary's order.
+# The original's table: (layer type, output shape without the batch, parameters), in torchsummary's order.
 SEED_SUMMARY = [
     ('Conv2d', (64, 32, 32), 1728),
     ('BatchNorm2d', (64, 32, 32), 128),
@@ -173,13 +173,3 @@ def test_epoch_stats_match_torchmetrics_mean_loss_and_micro_accuracy():
     with pytest.warns(UserWarning, match="before the ``update``"):
         empty = stats.compute()
     assert empty["loss"].isnan() and empty["acc"].isnan()
-
-
-def test_a_config_saved_with_model_num_classes_still_builds(tmp_path):
-    from hydra.utils import instantiate
-
-    from conftest import compose_train
-
-    # runs saved before EpochStats have model.num_classes in .hydra/config.yaml; resume= builds from it
-    module = instantiate(compose_train(["+model.num_classes=10", "debug=fast"], tmp_path).model)
-    assert module.hparams.num_classes == 10

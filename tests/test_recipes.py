@@ -79,11 +79,11 @@ def lr_trajectory(tmp_path, *overrides) -> tuple[list[float], int]:
 
 
 def test_seed_recipe_keeps_its_lr_trajectory_and_size(tmp_path):
-    lrs, epochs = lr_trajectory(tmp_path, "experiment=seed")
+    lrs, epochs = lr_trajectory(tmp_path, "experiment=original")
     assert epochs == 40 and len(lrs) == 40 * 98
     assert lrs[0] == pytest.approx(0.002) and lrs[5 * 98 - 1] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.02)
     assert lrs[-1] == pytest.approx(0.002, rel=1e-3)
-    cfg = compose_train(["experiment=seed"], tmp_path)
+    cfg = compose_train(["experiment=original"], tmp_path)
     assert cfg.model.net.logit_scale == 1.0 and cfg.model.label_smoothing == 0.0 and cfg.model.tta == "none"
     assert cfg.callbacks.get("ema") is None
     assert sum(p.numel() for p in instantiate(cfg.model.net).parameters()) == 6_573_130

@@ -14,8 +14,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import open_dict
 
 from conftest import ROOT, compose_train, write_image_tree
-from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.resume import DivergenceError, check_same_schedule, resume_problem
+from resnet_onecycle.errors import ConfigError, TrainingInterrupted
+from resnet_onecycle.resume import DivergenceError
+from resnet_onecycle.rundir import check_same_schedule, resume_problem
 from resnet_onecycle.tasks import train
 
 # 3 epochs of 8 steps (60 training images, batches of 8), deterministic, on the CPU.
@@ -51,9 +52,12 @@ class PoisonWeights(L.Callback):
 def run(tmp_path, name, image_tree, *overrides, extra_callbacks=()):
     cfg = compose_train([*SMALL, f"data.source={image_tree}", f"paths.data_dir={tmp_path / 'cache'}", *overrides],
                         tmp_path / name)
-    with open_dict(cfg):  # the guard still runs after them: it acts at the step theirs acted
-        cfg.callbacks.update({f"extra{i}": c for i, c in enumerate(extra_callbacks)})
-    return train(cfg), tmp_path / name / "run"
+    with open_dict(cfg):  # the guards run after them: they act at the step theirs acted
+        cfg.callbacks = {**{f"extra{i}": c for i, c in enumerate(extra_callbacks)}, **cfg.callbacks}
+    try:
+        return train(cfg), tmp_path / name / "run"
+    except TrainingInterrupted:  # what the run says of itself
+        return json.loads((tmp_path / name / "run" / "metrics.json").read_text()), tmp_path / name / "run"
 
 
 def final_weights(run_dir):
@@ -149,7 +153,7 @@ def test_a_timed_save_never_follows_a_non_finite_loss(tmp_path, uninterrupted):
 
 
 def test_divergence_names_the_lr_of_the_step():
-    from resnet_onecycle.resume import RunGuard
+    from resnet_onecycle.resume import DivergenceGuard
 
     class Trainer:
         global_step, current_epoch, num_training_batches, world_size = 7, 0, 100, 1
@@ -158,7 +162,7 @@ def test_divergence_names_the_lr_of_the_step():
         should_stop = False
         lightning_module = None
 
-    guard = RunGuard(check_every_n_steps=1)
+    guard = DivergenceGuard(check_every_n_steps=1)
     guard.on_train_batch_start(Trainer, None, None, 0)
     with pytest.raises(DivergenceError, match=r"loss became inf at step 6 \(epoch 0\) with LR 0\.25\. .*No checkpoint"):
         guard.on_train_batch_end(Trainer, None, {"loss": torch.tensor(float("inf"))}, None, 0)
@@ -227,7 +231,7 @@ def test_sigterm_saves_and_resume_continues_the_same_run(tmp_path):
 def test_resume_refuses_what_it_cannot_continue(tmp_path):
     from omegaconf import OmegaConf
 
-    from resnet_onecycle.resume import resumed_config
+    from resnet_onecycle.rundir import resumed_config
 
     cfg = OmegaConf.create({"resume": str(tmp_path / "run"), "paths": {}})
     with pytest.raises(ConfigError, match=r"not a run dir \(no \.hydra/config\.yaml"):
@@ -237,8 +241,8 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
     assert resumed_config(cfg, [], set()).ckpt_path is None  # stopped before its first checkpoint: from the start
     (tmp_path / "run" / "checkpoints").mkdir()
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"`experiment=seed` \(a config group\) cannot apply"):
-        resumed_config(cfg, ["resume=x", "experiment=seed"], {"experiment", "model"})
+    with pytest.raises(ConfigError, match=r"`experiment=original` \(a config group\) cannot apply"):
+        resumed_config(cfg, ["resume=x", "experiment=original"], {"experiment", "model"})
     resumed = resumed_config(cfg, [f"resume={tmp_path / 'run'}"], {"experiment"})
     assert resumed.ckpt_path == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert resumed.model.scheduler.max_lr == 0.02
@@ -247,7 +251,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
 def test_the_schedule_keys_resume_compares_are_keys_of_the_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from resnet_onecycle.resume import SCHEDULE_KEYS
+    from resnet_onecycle.rundir import SCHEDULE_KEYS
 
     cfg = compose_train([], tmp_path)
     missing = object()

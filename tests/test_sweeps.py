@@ -50,7 +50,7 @@ def test_a_failing_job_is_marked_and_the_others_still_run_in_parallel(tmp_path, 
     assert "jobs [1] did not complete" in result.stderr
     rows = summary_rows(sweep_dir)
     assert [r["status"] for r in rows] == ["completed", "refused"]  # a bad value: refused
-    assert "model.scheduler.max_lr=-1 must be a number greater than 0" in rows[1]["error"]
+    assert "model.scheduler.max_lr=-1" in rows[1]["error"]  # the job's error names the value
     assert rows[0]["test_acc"] and not rows[1]["test_acc"]
     assert "Jobs that did not complete" in (sweep_dir / "summary.md").read_text()
     # two jobs at once on a cold cache: one whole cache, nothing half-written left
@@ -74,23 +74,23 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, image_tree):
 def test_parallel_jobs_share_the_cores_and_local_jobs_run_as_many_as_fit(monkeypatch):
     from omegaconf import OmegaConf
 
-    import resnet_onecycle.cli as cli
+    import resnet_onecycle.launching as launching
 
-    monkeypatch.setattr(cli, "cores", lambda: 8)
+    monkeypatch.setattr(launching, "cores", lambda: 8)
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-    assert cli.threads_per_job(OmegaConf.create({"_target_": joblib, "n_jobs": 2})) == 4
-    assert cli.threads_per_job(OmegaConf.create({"_target_": joblib, "n_jobs": -1})) == 1  # a job per core
-    assert cli.threads_per_job(OmegaConf.create({"_target_": local, "cpus_per_task": 2})) == 2
-    assert cli.threads_per_job(OmegaConf.create({"_target_": local, "cpus_per_task": None})) is None
+    assert launching.threads_per_job(OmegaConf.create({"_target_": joblib, "n_jobs": 2})) == 4
+    assert launching.threads_per_job(OmegaConf.create({"_target_": joblib, "n_jobs": -1})) == 1  # a job per core
+    assert launching.threads_per_job(OmegaConf.create({"_target_": local, "cpus_per_task": 2})) == 2
+    assert launching.threads_per_job(OmegaConf.create({"_target_": local, "cpus_per_task": None})) is None
     for cpus, at_once in ((None, 1), (2, 4), (3, 2)):
         config = OmegaConf.create({"hydra": {"launcher": {"_target_": local, "cpus_per_task": cpus},
                                              "sweeper": {"max_batch_size": None}}})
         OmegaConf.set_readonly(config, True)
-        cli.JobsAtOnce().on_multirun_start(config)
+        launching.JobsAtOnce().on_multirun_start(config)
         assert config.hydra.sweeper.max_batch_size == at_once
     given = OmegaConf.create({"hydra": {"launcher": {"_target_": local}, "sweeper": {"max_batch_size": 3}}})
-    cli.JobsAtOnce().on_multirun_start(given)
+    launching.JobsAtOnce().on_multirun_start(given)
     assert given.hydra.sweeper.max_batch_size == 3  # a value given on the command line stays
 
 
@@ -118,8 +118,8 @@ def test_named_sweeps_set_the_sweeper_params(name, key, values):
 def test_num_threads_is_a_whole_number_or_null():
     from omegaconf import OmegaConf
 
-    from resnet_onecycle.cli import set_threads
     from resnet_onecycle.errors import ConfigError
+    from resnet_onecycle.launching import set_threads
 
     for bad in (0, "many", 1.5):
         with pytest.raises(ConfigError, match=rf"num_threads={bad!r} must be a whole number >= 1"):

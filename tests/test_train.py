@@ -129,7 +129,7 @@ def test_compiled_runs_learn_save_plain_weights_and_share_the_compile_cache(tmp_
     ("reduce-overhead", "reduce-overhead", "cpu", False), ("cudagraphs", "cudagraphs", "cuda", True)])
 def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch, caplog, setting, mode, device, warned):
     from conftest import compose_train
-    from resnet_onecycle import tasks
+    from resnet_onecycle import compile_cache, framework
 
     cfg = compose_train([f"model.compile={setting}"], tmp_path)
     before = {"graphs": 3, "graph_breaks": 1, "cudagraph_skips": 2}
@@ -139,9 +139,9 @@ def test_skipped_cuda_graphs_are_recorded_and_warned_about(tmp_path, monkeypatch
         readings.append(since)
         return {"graphs": 4, "graph_breaks": 0, "cudagraph_skips": 2, "compile_time_s": 1.5}
 
-    monkeypatch.setattr(tasks, "compile_counters", counts_since)
+    monkeypatch.setattr(framework, "compile_counters", counts_since)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    record = tasks.compile_report(cfg, before, torch.device(device))
+    record = compile_cache.report(cfg.model.compile, before, torch.device(device))
     assert readings == [before]  # the run's counts: those since the reading taken before fit
     assert record == {"compile_time_s": 1.5, "compile": {"mode": mode, "cache_dir": str(tmp_path), "graphs": 4,
                                                          "graph_breaks": 0, "cudagraph_skips": 2}}
@@ -222,24 +222,24 @@ def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "override, named",  # the error's kind is asserted, and that it names the key and the value at fault
     [
-        ("data.batch_size=0", "data.batch_size=0 must be a whole number >= 1"),
-        ("data.batch_size=big", "data.batch_size='big' must be a whole number"),
-        ("model.scheduler.max_lr=-0.1", "model.scheduler.max_lr=-0.1 must be a number greater than 0"),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number greater than model.scheduler.peak_epoch"),
-        ("model.net.width=0", "model.net.width=0 must be a number greater than 0"),
-        ("model.net.width=wide", "model.net.width='wide' must be a number greater than 0"),
-        ("model.scheduler.max_lr=fast", "model.scheduler.max_lr='fast' must be a number greater than 0"),
-        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 must be a whole number greater than"),
-        ("model.scheduler.peak_epoch=2", "trainer.max_epochs=2 must be a whole number greater than model.scheduler.peak_epoch=2"),
-        ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz': no such file or folder"),
-        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': no such checkpoint file"),
-        ("test_ckpt=middle", "test_ckpt='middle' must be `last` or `best`"),
-        ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("data.batch_size=big", "data.batch_size='big'"),
+        ("model.scheduler.max_lr=-0.1", "model.scheduler.max_lr=-0.1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+        ("model.net.width=0", "model.net.width=0"),
+        ("model.net.width=wide", "model.net.width='wide'"),
+        ("model.scheduler.max_lr=fast", "model.scheduler.max_lr='fast'"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5"),
+        ("model.scheduler.peak_epoch=2", "trainer.max_epochs=2"),  # the run's 2 epochs leave none after the peak
+        ("data.source=/no/such/cifar.tar.gz", "data.source='/no/such/cifar.tar.gz'"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt'"),
+        ("test_ckpt=middle", "test_ckpt='middle'"),
+        ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true"),
     ],
 )
-def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, message):
+def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, named):
     """In-process, as src/train.py runs it: the error is the project's own, raised before any data
     is read or any checkpoint written (test_first_contact checks the exit code and the console)."""
     from conftest import compose_train
@@ -252,7 +252,7 @@ def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, me
     with pytest.raises(Exception) as raised:
         train(cfg)
     error = as_user_error(raised.value)
-    assert isinstance(error, UserError) and message in str(error), repr(raised.value)
+    assert isinstance(error, UserError) and named in str(error), repr(raised.value)
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "cache").exists()
 
 

@@ -19,9 +19,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONFIGS, ROOT, compose_train, write_image_tree
+from resnet_onecycle.checkpoints import latest_trained_checkpoint
 from resnet_onecycle.data.augment import normalize
 from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.inference import Classifier, ImageError, load_image, newest_checkpoint
+from resnet_onecycle.inference import Classifier, ImageError, load_image
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +84,13 @@ def test_any_image_becomes_the_models_input(tmp_path):
 
 
 def test_probabilities_are_the_modules_own_softmax(trained):
-    from resnet_onecycle.tasks import load_weights
+    from resnet_onecycle.checkpoints import read_checkpoint
 
     tmp, tree, ckpt = trained
     classifier = Classifier.load(ckpt)
     cfg = compose_train(["debug=fast"], tmp / "other")
     module = instantiate(cfg.model)
-    load_weights(module, str(ckpt), cfg.model.net.width)
+    module.load_state_dict(read_checkpoint(ckpt)["state_dict"])
     images = torch.stack([load_image(p) for p in sorted((tree / "test").rglob("*.png"))[:12]])
     with torch.no_grad():
         expected = module.classifier.eval()(normalize(images)).softmax(1)
@@ -104,9 +105,9 @@ def test_probabilities_are_the_modules_own_softmax(trained):
 
 def test_without_a_checkpoint_path_the_newest_is_used_or_the_error_says_how_to_train(trained, tmp_path):
     tmp, _, ckpt = trained
-    assert newest_checkpoint(tmp) == ckpt
+    assert latest_trained_checkpoint(tmp) == ckpt
     with pytest.raises(ConfigError, match=r"no checkpoints/last\.ckpt under .*python src/train\.py"):
-        newest_checkpoint(tmp_path)
+        latest_trained_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match=r"ckpt_path='.*nope\.ckpt': no such checkpoint file"):
         Classifier.load(tmp_path / "nope.ckpt")
 
@@ -122,9 +123,13 @@ def test_predict_writes_tables_and_overlays_and_lists_unreadable_files(trained, 
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (folder / "readme.txt").write_text("hello")
     cfg = compose_task("predict", [f"ckpt_path={ckpt}", f"inputs={folder}", "gradcam=true", "top_k=2"], tmp_path)
-    summary = predict(cfg)
-    assert summary["images"] == 3 and summary["unreadable"] == 2
+    from resnet_onecycle.classify_files import SomeUnreadable
+
+    with pytest.raises(SomeUnreadable, match="2 of 5 files"):  # raised once the readable files are done
+        predict(cfg)
     out = tmp_path / "run"
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["images"] == 3 and summary["unreadable"] == 2
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "file,label_1,probability_1,label_2,probability_2" and len(rows) == 4
     found = json.loads((out / "predictions.json").read_text())
@@ -145,7 +150,7 @@ def test_predict_script_exits_1_after_predicting_the_readable_files(trained, tmp
                              f"paths.log_dir={tmp_path / 'logs'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "a.png" in result.stdout and "b.txt  unreadable" in result.stdout and "Traceback" not in result.stderr
-    from resnet_onecycle.tasks import input_files
+    from resnet_onecycle.classify_files import input_files
 
     with pytest.raises(ConfigError, match=r"inputs='.*none': no such file.*give inputs=<image file \| folder \| glob>"):
         input_files(str(tmp_path / "none"))

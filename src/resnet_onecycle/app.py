@@ -45,7 +45,7 @@ def square_side(path: str, cap: int = 512) -> int:
         return min(min(image.size), cap)
 
 
-class Model:
+class Handlers:
     """What the app's handlers work on: the classifier, and the test split when there is one."""
 
     def __init__(self, classifier: Classifier, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
@@ -107,51 +107,85 @@ class Model:
         return pictures, heat, f"{len(chosen)} of {len(self.mistakes)} misclassified test images, most confident first."
 
 
-def build(model: Model, examples: list[str], report_dir: Path | None, misclassified: int = 20):
+def build(model: Handlers, examples: list[str], report_dir: Path | None, misclassified: int = 20):
+    """The app: the Classify, Mistakes and Model tabs."""
     import gradio as gr
 
-    classes = list(model.classifier.classes)
     with gr.Blocks(title="resnet-onecycle") as app:
         gr.Markdown(f"# resnet-onecycle\nModel: `{model.classifier.ckpt_path}`")
         with gr.Tab("Classify"):
-            with gr.Row():
-                with gr.Column():
-                    # any file reaches the loader, which says why one is not an image
-                    files = gr.File(label="Images", file_count="multiple", type="filepath")
-                    top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k classes")
-                    gradcam = gr.Checkbox(value=True, label="Grad-CAM")
-                    layer = gr.Dropdown(layer_choices(), value="layer2", label="Grad-CAM layer")
-                    opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Grad-CAM opacity")
-                    target = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
-                    button = gr.Button("Classify", variant="primary", elem_id="classify")
-                with gr.Column():
-                    label = gr.Label(label="Top-k (first image)", elem_id="prediction")
-                    table = gr.Dataframe(headers=["image", "top-k"], label="Every image")
-                    overlays = gr.Gallery(label="Grad-CAM", columns=4)
-                    message = gr.Markdown(elem_id="message")
-            inputs, outputs = [files, top_k, gradcam, layer, opacity, target], [label, table, overlays, message]
-            button.click(model.classify, inputs, outputs, api_name="classify")
-            if examples:
-                gr.Examples([[[path]] for path in examples], inputs=[files], label="Examples: a test image of each class")
+            classify_tab(gr, model, examples)
         with gr.Tab("Mistakes"):
-            with gr.Row():
-                count = gr.Slider(1, 50, value=misclassified, step=1, label="Images")
-                true_class = gr.Dropdown(["any", *classes], value="any", label="True class")
-                predicted_class = gr.Dropdown(["any", *classes], value="any", label="Predicted class")
-            show = gr.Button("Show")
-            mistakes_note = gr.Markdown()
-            mistakes = gr.Gallery(label="Misclassified: true / predicted (confidence)", columns=5)
-            mistakes_cam = gr.Gallery(label="Grad-CAM for the predicted class", columns=5)
-            show.click(model.show_mistakes, [count, true_class, predicted_class], [mistakes, mistakes_cam, mistakes_note],
-                       api_name="mistakes")
+            mistakes_tab(gr, model, misclassified)
         with gr.Tab("Model"):
-            report = report_dir / "report.md" if report_dir is not None else None
-            if report is not None and report.is_file():
-                gr.Markdown("\n".join(line for line in report.read_text().splitlines() if not line.startswith("![")))
-                pictures = [str(report_dir / f"{n}.png") for n in ("curves", "confusion_matrix")
-                            if (report_dir / f"{n}.png").is_file()]
-                if pictures:
-                    gr.Gallery(pictures, label="Curves and confusion matrix", columns=2)
-            else:
-                gr.Markdown("This checkpoint's run has no report.md.")
+            model_tab(gr, report_dir)
     return app
+
+
+def classify_tab(gr, model: Handlers, examples: list[str]) -> None:
+    classes = list(model.classifier.classes)
+    with gr.Row():
+        with gr.Column():
+            # any file reaches the loader, which says why one is not an image
+            files = gr.File(label="Images", file_count="multiple", type="filepath")
+            top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k classes")
+            gradcam = gr.Checkbox(value=True, label="Grad-CAM")
+            layer = gr.Dropdown(layer_choices(), value="layer2", label="Grad-CAM layer")
+            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Grad-CAM opacity")
+            target = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
+            button = gr.Button("Classify", variant="primary", elem_id="classify")
+        with gr.Column():
+            label = gr.Label(label="Top-k (first image)", elem_id="prediction")
+            table = gr.Dataframe(headers=["image", "top-k"], label="Every image")
+            overlays = gr.Gallery(label="Grad-CAM", columns=4)
+            message = gr.Markdown(elem_id="message")
+    inputs, outputs = [files, top_k, gradcam, layer, opacity, target], [label, table, overlays, message]
+    button.click(model.classify, inputs, outputs, api_name="classify")
+    if examples:
+        gr.Examples([[[path]] for path in examples], inputs=[files], label="Examples: a test image of each class")
+
+
+def mistakes_tab(gr, model: Handlers, misclassified: int) -> None:
+    classes = list(model.classifier.classes)
+    with gr.Row():
+        count = gr.Slider(1, 50, value=misclassified, step=1, label="Images")
+        true_class = gr.Dropdown(["any", *classes], value="any", label="True class")
+        predicted_class = gr.Dropdown(["any", *classes], value="any", label="Predicted class")
+    show = gr.Button("Show")
+    note = gr.Markdown()
+    mistakes = gr.Gallery(label="Misclassified: true / predicted (confidence)", columns=5)
+    heat = gr.Gallery(label="Grad-CAM for the predicted class", columns=5)
+    show.click(model.show_mistakes, [count, true_class, predicted_class], [mistakes, heat, note], api_name="mistakes")
+
+
+def model_tab(gr, report_dir: Path | None) -> None:
+    report = report_dir / "report.md" if report_dir is not None else None
+    if report is None or not report.is_file():
+        gr.Markdown("This checkpoint's run has no report.md.")
+        return
+    gr.Markdown("\n".join(line for line in report.read_text().splitlines() if not line.startswith("![")))
+    pictures = [str(report_dir / f"{n}.png") for n in ("curves", "confusion_matrix") if (report_dir / f"{n}.png").is_file()]
+    if pictures:
+        gr.Gallery(pictures, label="Curves and confusion matrix", columns=2)
+
+
+def example_files(test: tuple[torch.Tensor, torch.Tensor], classes, folder: Path) -> list[str]:
+    """One test image per class, as PNG files in `folder` that the app can offer as examples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for label, name in enumerate(classes):
+        index = (test[1] == label).nonzero().flatten()
+        if len(index):
+            path = folder / f"{name}.png"
+            Image.fromarray(test[0][int(index[0])].permute(1, 2, 0).numpy()).save(path)
+            examples.append(str(path))
+    return examples
+
+
+def serve(classifier: Classifier, test, output_dir: Path, report_dir: Path | None, settings) -> None:
+    """The app on `settings.host`:`settings.port` until stopped; examples go into `output_dir`."""
+    examples = example_files(test, classifier.classes, output_dir / "examples") if test is not None else []
+    demo = build(Handlers(classifier, test), examples, report_dir, settings.misclassified)
+    print(f"Serving {classifier.ckpt_path} on http://{settings.host}:{settings.port} (Ctrl-C stops it)", flush=True)
+    demo.launch(server_name=settings.host, server_port=int(settings.port), share=bool(settings.share),
+                allowed_paths=[str(output_dir), *([str(report_dir)] if report_dir else [])], quiet=True)

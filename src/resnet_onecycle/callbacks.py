@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import check
 from resnet_onecycle.files import written_whole
 from resnet_onecycle.framework import keep_average_on
 
@@ -56,10 +56,12 @@ class Throughput(L.Callback):
     (Lightning's `get_available_flops`, or `peak_flops` where Lightning's table lacks the device).
 
     Timed from the epoch's first step to the end of its last, with one device sync at each end:
-    the guard reads the losses there anyway (resume.RunGuard), so no step waits on the GPU for it.
+    the guard reads the losses there anyway (resume.DivergenceGuard), so no step waits on the GPU for it.
     Lightning's ThroughputMonitor would sync after every step."""
 
     def __init__(self, peak_flops: float | None = None) -> None:
+        check("callbacks.throughput.peak_flops", peak_flops, float, above=0, optional=True,
+              fix="the device's FLOP/s, e.g. 9.9e14; null: Lightning's table")
         self.peak_flops = peak_flops
         self.flops_per_image: int | None = None
         self.images, self.start = 0, None
@@ -132,14 +134,12 @@ class LastCheckpoint(ModelCheckpoint):
     """`last.ckpt`, what resume= and eval.py read: written at the end of the first training step
     after every `every_s` seconds of training (Lightning's `train_time_interval`; the batch position
     is saved, so a resume from mid-epoch is exact), and at the last epoch's end. A SIGKILL loses at
-    most `every_s` seconds and a step; SIGINT and SIGTERM save where they stop (resume.RunGuard).
+    most `every_s` seconds and a step; SIGINT and SIGTERM save where they stop (resume.StopOnSignal).
     Each save costs the loop little (the writes are in the background), but two a step-heavy epoch
     were a measurable share of a GPU fit (benchmarks/RESULTS.md, "Checkpoint writes")."""
 
     def __init__(self, dirpath: str, every_s: float = 60.0) -> None:
-        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or every_s < 0:
-            raise ConfigError(f"callbacks.last_checkpoint.every_s={every_s!r} must be a number of seconds >= 0 "
-                              "(0: after every step).")
+        check("callbacks.last_checkpoint.every_s", every_s, float, low=0, fix="seconds; 0: after every step")
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
                          train_time_interval=timedelta(seconds=every_s))
         self.every_s = every_s

@@ -91,3 +91,20 @@ def guarded(compiled: Callable) -> Callable:
             return compiled(*args, **kwargs)
 
     return call
+
+
+def report(setting, before: dict, device: torch.device) -> dict:
+    """With `model.compile` on, what torch.compile did since `before` (a `compile_counters` reading),
+    for metrics.json; a warning when CUDA graphs were asked for and skipped."""
+    from resnet_onecycle.framework import compile_counters
+    from resnet_onecycle.module import CUDA_GRAPH_MODES, compile_mode
+
+    if not setting:
+        return {}
+    counts = compile_counters(since=before)
+    mode = compile_mode(setting, device.type)
+    if device.type == "cuda" and counts.get("cudagraph_skips") and mode in CUDA_GRAPH_MODES:
+        log.warning("model.compile=%s: CUDA graphs were skipped %d times, so those graphs ran without them; "
+                    "TORCH_LOGS=cudagraphs,perf_hints shows why.", setting, counts["cudagraph_skips"])
+    return {"compile_time_s": counts.pop("compile_time_s", None),
+            "compile": {"mode": mode, "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"), **counts}}

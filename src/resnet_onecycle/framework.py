@@ -56,3 +56,11 @@ def inductor_default_cache_dir() -> str:
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     return default_cache_dir()
+
+
+def hydra_arguments(argv: list[str]):
+    """The command line parsed as `hydra.main` parses it, by Hydra's own parser (kept private in
+    hydra 1.3), so that the check before Hydra runs reads every flag as Hydra will."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(argv)

@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from resnet_onecycle.analysis.gradcam import gradcam_maps, overlays
-from resnet_onecycle.analysis.predictions import evaluating
-from resnet_onecycle.data.augment import normalize
+from resnet_onecycle.analysis.predictions import probabilities
+from resnet_onecycle.checkpoints import checkpoint_file, read_checkpoint
 from resnet_onecycle.data.sources import CLASSES
 from resnet_onecycle.errors import ConfigError, UserError
-from resnet_onecycle.models import FlipAveraged
-from resnet_onecycle.resume import run_dir_of, saved_config, unreadable_checkpoint
+from resnet_onecycle.models import MixedResNet, with_tta
+from resnet_onecycle.rundir import run_dir_of, saved_config
 
 SIZE = 32
 LAYERS = ("prep", "layer1", "layer2", "layer3")  # Grad-CAM targets: maps of 32, 16, 8 and 4 pixels a side
@@ -36,25 +36,6 @@ LAYERS = ("prep", "layer1", "layer2", "layer3")  # Grad-CAM targets: maps of 32,
 
 class ImageError(UserError):
     """A file that is not a readable image; the message names it and why."""
-
-
-def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """A Lightning checkpoint of this project, weights only; a ConfigError naming the file otherwise."""
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        checkpoint["state_dict"]
-    except Exception as error:  # noqa: BLE001 - any failure means "not one of our checkpoints"
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r}: {unreadable_checkpoint(Path(ckpt_path), error)}") from error
-    return checkpoint
-
-
-def newest_checkpoint(log_dir: str | Path) -> Path:
-    """The newest `last.ckpt` under `log_dir`, for commands given no ckpt_path."""
-    found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"ckpt_path: no checkpoint given and no checkpoints/last.ckpt under {log_dir}; train one "
-                          "first (python src/train.py experiment=cpu_fast), or give ckpt_path=<run>/checkpoints/last.ckpt.")
-    return found[-1]
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -94,42 +75,40 @@ class Classifier:
     ckpt_path: Path
     config: DictConfig | None
     device: torch.device
+    epochs: int = 0             # the epochs the checkpoint completed
+    global_step: int | None = None
+    averaged: bool = False      # the weights are an average's (callbacks=ema)
     classes: tuple[str, ...] = CLASSES
 
     @classmethod
-    def load(cls, ckpt_path: str | Path, device: str | torch.device = "cpu") -> Classifier:
-        ckpt_path = Path(ckpt_path)
-        if not ckpt_path.is_file():
-            raise ConfigError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file; "
-                              "give ckpt_path=<run>/checkpoints/last.ckpt.")
+    def load(cls, ckpt_path: str | Path | None, device: str | torch.device = "cpu",
+             config: DictConfig | None = None) -> Classifier:
+        """The one way from a checkpoint to a model: with `config` (eval.py's, overrides applied) or
+        else its run's saved config, else (a checkpoint moved out of its run) a MixedResNet of the
+        width its first layer says."""
+        ckpt_path = checkpoint_file(ckpt_path)
         run = run_dir_of(str(ckpt_path))
-        config = saved_config(run) if run is not None else None
-        state = {k.removeprefix("net."): v for k, v in read_checkpoint(ckpt_path)["state_dict"].items()
-                 if k.startswith("net.")}
-        net = build_net(config, state)
+        config = config if config is not None else saved_config(run) if run is not None else None
+        checkpoint = read_checkpoint(ckpt_path)
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        net = instantiate(config.model.net) if config is not None else MixedResNet(width=width_of(state, ckpt_path))
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            raise ConfigError(f"ckpt_path={str(ckpt_path)!r} holds another model than its run's config builds: "
-                              + " ".join(str(error).splitlines()[:2])) from error
+            raise ConfigError(another_model(ckpt_path, state, config, error)) from error
         tta = str(config.model.get("tta", "none")) if config is not None else "none"
-        device = torch.device(device)
-        return cls(net.to(device).eval(), tta, ckpt_path, config, device)
+        # Lightning's weight averaging keeps the raw weights beside the average's
+        return cls(net.to(torch.device(device)).eval(), tta, ckpt_path, config, torch.device(device),
+                   checkpoint.get("epoch", -1) + 1, checkpoint.get("global_step"), "current_model_state" in checkpoint)
 
     @property
     def classify_net(self) -> nn.Module:
         """The net as the run's validation and test classified with it (`model.tta`)."""
-        return FlipAveraged(self.net) if self.tta == "flip" else self.net
+        return with_tta(self.net, self.tta)
 
-    @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Softmax over the classes for uint8 (N, 3, 32, 32) images: (N, 10), on the CPU."""
-        out = []
-        with evaluating(self.classify_net, self.device) as net:
-            for start in range(0, len(images), batch_size):
-                x = normalize(images[start:start + batch_size].to(self.device))
-                out.append(net(x).float().softmax(1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+        return probabilities(self.classify_net, images, self.device, batch_size)
 
     def top_k(self, probabilities: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
         k = max(1, min(int(k), len(self.classes)))
@@ -159,14 +138,21 @@ def test_split(classifier: Classifier, source: str | None, data_dir: str | Path)
     return torch.from_numpy(test.images), torch.from_numpy(test.labels)
 
 
-def build_net(config: DictConfig | None, state: dict) -> nn.Module:
-    """The run's net from its saved config; without one (a checkpoint moved out of its run), a
-    MixedResNet of the width its first layer says."""
-    if config is not None:
-        return instantiate(config.model.net)
-    from resnet_onecycle.models import MixedResNet
+def another_model(ckpt_path: Path, state: dict, config: DictConfig | None, error: RuntimeError) -> str:
+    """Why a checkpoint's weights do not fit the net its config builds, and the fix."""
+    width = OmegaConf.select(config, "model.net.width") if config is not None else None
+    prep = state.get("prep.0.weight")  # the first conv: 64 x width output channels
+    if width is not None and prep is not None and prep.ndim == 4 and prep.shape[0] != max(1, round(64 * width)):
+        return (f"ckpt_path={str(ckpt_path)!r} holds a MixedResNet of width {prep.shape[0] / 64:g} ({prep.shape[0]} "
+                f"channels in its first layer), and this config builds width {width}: give "
+                f"model.net.width={prep.shape[0] / 64:g}.")
+    return (f"ckpt_path={str(ckpt_path)!r} holds another model than its config builds: "
+            + " ".join(str(error).strip().splitlines()[:2]))
 
+
+def width_of(state: dict, ckpt_path: Path) -> float:
+    """A MixedResNet's width, from its first conv's output channels (64 at width 1.0)."""
     prep = state.get("prep.0.weight")
-    if prep is None:
-        raise ConfigError("ckpt_path: the checkpoint holds no MixedResNet and no run config is beside it.")
-    return MixedResNet(width=prep.shape[0] / 64)
+    if prep is None or prep.ndim != 4:
+        raise ConfigError(f"ckpt_path={str(ckpt_path)!r}: the checkpoint holds no MixedResNet and no run config is beside it.")
+    return prep.shape[0] / 64

@@ -13,13 +13,22 @@ Lightning's `suggestion()`, recorded beside ours) misses the first.
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import math
+from pathlib import Path
 
 import hydra
 import lightning as L
 import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
+
+from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.files import save_figure, write_text
+
+log = logging.getLogger(__name__)
 
 SKIP_BEGIN = 10  # the first steps say more about the random start than about the LR
 WINDOW = 10      # steps each side of a point for the slope: one step's slope is mostly noise
@@ -132,3 +141,34 @@ def plot_lr_find(result: dict):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def lr_range_test(cfg: DictConfig, datamodule, output_dir: Path, loggers=()) -> dict:
+    """Run the LR range test; write lr_find.png and lr_find.json into `output_dir`."""
+    import matplotlib.pyplot as plt
+
+    result = run_lr_find(cfg, datamodule, str(output_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text(output_dir / "lr_find.json", json.dumps(result, indent=2) + "\n", "report")  # resume= reads it
+    fig = plot_lr_find(result)
+    save_figure(fig, output_dir / "lr_find.png")
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("lr_find", fig, close=False)
+    plt.close(fig)
+    if result["suggested_max_lr"] is None:
+        raise ConfigError(
+            f"the LR range test stopped after {len(result['lr'])} steps, too few for a suggestion: "
+            "raise lr_find.num_training or lr_find.early_stop_threshold (see lr_find.png)."
+        )
+    return result
+
+
+def pick_max_lr(cfg: DictConfig, datamodule, output_dir: Path, loggers) -> dict:
+    """For `model.scheduler.max_lr=auto`: the range test's suggestion goes into `cfg`; the record for metrics.json."""
+    found = lr_range_test(cfg, datamodule, output_dir, loggers)
+    with open_dict(cfg):
+        cfg.model.scheduler.max_lr = found["suggested_max_lr"]
+    log.info("LR range test: model.scheduler.max_lr=%.4g", cfg.model.scheduler.max_lr)
+    L.seed_everything(cfg.seed, workers=True)  # the same initial weights as a run given this max LR
+    return {"lr_find": {"suggested_max_lr": found["suggested_max_lr"], "plot": "lr_find.png"}}

@@ -13,8 +13,8 @@ from torchmetrics import MaxMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from resnet_onecycle.compile_cache import guarded
-from resnet_onecycle.errors import ConfigError
-from resnet_onecycle.models import TTA_MODES, FlipAveraged, flip_averaged
+from resnet_onecycle.errors import ConfigError, check
+from resnet_onecycle.models import TTA_MODES, flip_averaged, with_tta
 
 # torch.compile's modes, and `cudagraphs`, its backend of that name: CUDA graphs of the eager
 # kernels, a third of inductor's start-up (benchmarks/RESULTS.md)
@@ -84,7 +84,6 @@ class MixedResNetModule(L.LightningModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
-        num_classes: int | None = None,  # unused: accepted so that configs saved by earlier versions still load
         channels_last: bool = True,
         compile: bool | str = False,
         label_smoothing: float = 0.0,
@@ -92,10 +91,8 @@ class MixedResNetModule(L.LightningModule):
     ) -> None:
         super().__init__()
         compile_mode(compile)
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
-            raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be a number in [0, 1), e.g. 0.2 (0: off).")
-        if tta not in TTA_MODES:
-            raise ConfigError(f"model.tta={tta!r}: use none, or flip (average each image's logits with its mirror's).")
+        check("model.label_smoothing", label_smoothing, float, low=0, below=1, fix="e.g. 0.2 (0: off)")
+        check("model.tta", tta, choices=TTA_MODES, fix="flip averages each image's logits with its mirror's")
         # Only plain values go into checkpoints (the partials stay out), so they load with weights_only.
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -112,8 +109,8 @@ class MixedResNetModule(L.LightningModule):
     # --- memory format and compilation ------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        # channels_last is faster on both sides here: 2.2x (width 0.25) and 1.4x (width 1.0) per
-        # training step on a 2-core CPU, and it is what cuDNN's bf16 convolutions want.
+        # channels_last is faster on a CPU (benchmarks/RESULTS.md, "Figures the code and docs cite")
+        # and it is what cuDNN's bf16 convolutions want.
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and self.compiled_net is None:
@@ -144,7 +141,7 @@ class MixedResNetModule(L.LightningModule):
     @property
     def classifier(self) -> nn.Module:
         """The plain net as validation and test classify with it (`model.tta`), for the analysis."""
-        return FlipAveraged(self.net) if self.flip_tta else self.net
+        return with_tta(self.net, self.hparams.tta)
 
     # --- steps --------------------------------------------------------------------------------
 

@@ -104,3 +104,38 @@ def speeds(classifier: Classifier, session, images: torch.Tensor, batch_sizes=(1
         out[f"batch_{size}"] = {"onnxruntime_images_per_s": round(images_per_second(ort_run, pool, size), 1),
                                 "torch_eager_images_per_s": round(images_per_second(torch_run, pool, size), 1)}
     return out
+
+
+def export_checked(classifier: Classifier, images: torch.Tensor, output_dir: Path, opset: int, tolerance: float,
+                   measure_speed: bool, data_source: str | None) -> dict:
+    """model.onnx and model.export.json in `output_dir`, checked with onnxruntime on `images`
+    (batch 1 and all of them); an ExportMismatch, with the record saved, where they disagree."""
+    import json
+
+    path = output_dir / "model.onnx"
+    export_onnx(classifier, path, opset)
+    session = onnx_session(path)
+    checks = [compare(classifier, session, images[:1]), compare(classifier, session, images)]
+    record = {
+        "file": "model.onnx", "ckpt_path": str(classifier.ckpt_path), "opset": opset, "exporter": "torch.onnx dynamo",
+        "input": {"name": "images", "dtype": "float32", "shape": ["batch", 3, 32, 32], "layout": "NCHW",
+                  "range": [0, 1], "channels": "RGB", "normalization": "inside the graph", "tta": classifier.tta},
+        "output": {"name": "logits", "shape": ["batch", len(classifier.classes)]}, "classes": list(classifier.classes),
+        "check": {"data_source": data_source or "the run's data.source", "tolerance": tolerance, "batches": checks},
+        "torch": torch.__version__,
+    }
+    bad = [c for c in checks if not agrees(c, tolerance)]
+    if not bad and measure_speed:
+        record["speed_cpu"] = {"threads": torch.get_num_threads(), **speeds(classifier, session, images)}
+    (output_dir / "model.export.json").write_text(json.dumps({**record, **({"status": "mismatch"} if bad else {})},
+                                                             indent=2) + "\n")
+    if bad:
+        raise ExportMismatch(f"{path}: onnxruntime disagrees with PyTorch beyond tolerance={tolerance}: {bad}")
+    print(f"Exported {path} (opset {opset}); onnxruntime against PyTorch: "
+          + ", ".join(f"batch {c['images']}: max |diff| {c['max_abs_logit_difference']:.2e}, top-1 agreement "
+                      f"{c['top1_agreement']:.0%}" for c in checks))
+    for batch, speed in record.get("speed_cpu", {}).items():
+        if batch.startswith("batch_"):
+            print(f"  {batch.replace('_', ' ')}: onnxruntime {speed['onnxruntime_images_per_s']:,.0f} images/s, "
+                  f"PyTorch eager {speed['torch_eager_images_per_s']:,.0f} images/s")
+    return record

@@ -1,6 +1,6 @@
-"""The seed's one-cycle policy, stated in epochs, built on torch's OneCycleLR.
+"""The original's one-cycle policy, stated in epochs, built on torch's OneCycleLR.
 
-The seed says "max/10 up to max by epoch 5, back down by the last epoch". OneCycleLR speaks
+The original says "max/10 up to max by epoch 5, back down by the last epoch". OneCycleLR speaks
 in fractions of the run (pct_start) and divisors of the *initial* LR (final_div_factor), so
 this turns epochs and an end LR into those, for whatever epochs and batch size a run has.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import ConfigError, check
 
 
 def one_cycle(
@@ -29,7 +29,7 @@ def one_cycle(
 ) -> OneCycleLR:
     """LR goes linearly from max_lr/div_factor to max_lr at the end of `peak_epoch`, then to `end_lr`.
 
-    `end_lr=None` comes back to the starting LR, max_lr/div_factor, as the seed does; `end_lr=0`
+    `end_lr=None` comes back to the starting LR, max_lr/div_factor, as the original does; `end_lr=0`
     ends at zero. cifar10-fast's 0 -> 0.4 -> 0 is `max_lr=0.4, div_factor=1e4, end_lr=0` (a first
     step at 4e-5 rather than a wasted one at exactly 0).
     With `cycle_momentum=False` the optimizer's own momentum is left alone.
@@ -67,24 +67,18 @@ def check_one_cycle(
     """
     if max_lr == "auto" and total_steps is None:
         max_lr = float("inf")  # not known yet: the rest is checked without it
-    if isinstance(max_lr, bool) or not (isinstance(max_lr, (int, float)) and max_lr > 0):
-        raise ConfigError(f"model.scheduler.max_lr={max_lr!r} must be a number greater than 0 (or auto), "
-                          "e.g. model.scheduler.max_lr=0.02.")
-    if isinstance(div_factor, bool) or not (isinstance(div_factor, (int, float)) and div_factor > 0):
-        raise ConfigError(f"model.scheduler.div_factor={div_factor!r} must be positive (10 starts at max_lr/10).")
-    if end_lr is not None and not 0 <= end_lr <= max_lr:
-        raise ConfigError(
-            f"model.scheduler.end_lr={end_lr!r} must lie in [0, max_lr={max_lr}]; "
-            "null comes back to the starting LR, max_lr/div_factor."
-        )
-    if isinstance(peak_epoch, bool) or not (isinstance(peak_epoch, (int, float)) and peak_epoch > 0):
-        raise ConfigError(f"model.scheduler.peak_epoch={peak_epoch!r} must be a number greater than 0, "
-                          "e.g. model.scheduler.peak_epoch=5.")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= peak_epoch):
-        raise ConfigError(
-            f"trainer.max_epochs={epochs!r} must be a whole number greater than model.scheduler.peak_epoch={peak_epoch}: "
-            "the one-cycle LR needs epochs after its peak to come down. Lower peak_epoch or raise max_epochs."
-        )
+    check("model.scheduler.max_lr", max_lr, float, above=0, fix="or auto, e.g. model.scheduler.max_lr=0.02")
+    check("model.scheduler.div_factor", div_factor, float, above=0, fix="10 starts at max_lr/10")
+    check("model.scheduler.end_lr", end_lr, float, low=0, optional=True,
+          fix="null comes back to the starting LR, max_lr/div_factor")
+    if end_lr is not None and end_lr > max_lr:
+        raise ConfigError(f"model.scheduler.end_lr={end_lr!r} must not exceed max_lr={max_lr}; "
+                          "null comes back to the starting LR, max_lr/div_factor.")
+    check("model.scheduler.peak_epoch", peak_epoch, float, above=0, fix="e.g. model.scheduler.peak_epoch=5")
+    if epochs is not None:
+        check("trainer.max_epochs", epochs, int, above=peak_epoch,
+              fix=f"the one-cycle LR needs epochs after its peak (model.scheduler.peak_epoch={peak_epoch}) to come "
+                  "down. Lower peak_epoch or raise max_epochs")
     if total_steps is not None and steps_per_epoch is not None and not 0 < peak_epoch * steps_per_epoch < total_steps - 1:
         raise ConfigError(
             f"model.scheduler.peak_epoch={peak_epoch!r} must lie strictly inside the run's {total_steps / steps_per_epoch:g} "

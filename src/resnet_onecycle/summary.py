@@ -20,6 +20,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from resnet_onecycle.files import write_text
 from resnet_onecycle.framework import tensorboard_writer
+from resnet_onecycle.rundir import status_of
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -109,14 +110,29 @@ def write_metrics(output_dir: Path, summary: dict) -> None:
     write_text(Path(output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n", "metrics")
 
 
-def status_of(output_dir: Path) -> str | None:
-    """The status a run dir's metrics.json states, or None."""
-    try:
-        return json.loads((Path(output_dir) / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def first_process() -> bool:
     """Rank 0 of a run, also before any Trainer exists (Lightning's launchers set these)."""
     return not int(os.environ.get("LOCAL_RANK", 0)) and not int(os.environ.get("NODE_RANK", 0))
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, summary: dict) -> None:
+    """The run's HParams entry in TensorBoard: its flattened config and provenance, against its final metrics."""
+    tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if trainer.is_global_zero and tensorboard is not None:
+        metrics = {k: v for k, v in summary.items() if k.startswith(("train/", "val/", "test/"))}
+        write_hparams(tensorboard, {**flat_hparams(cfg), **provenance(cfg)}, metrics)
+
+
+def record_failure(output_dir: Path, error: BaseException, detail: str) -> None:
+    """metrics.json says the run was refused (bad input) or failed, and why, unless the dir already
+    holds a verdict (the task's own, or that of the run a resume continues), which stays as it is;
+    `running` is no verdict."""
+    from resnet_onecycle.errors import UserError
+    from resnet_onecycle.files import WriteError
+
+    if status_of(output_dir) not in (None, "running") or not first_process():
+        return
+    try:
+        write_metrics(output_dir, {"status": error.status if isinstance(error, UserError) else "failed", "error": detail})
+    except WriteError:
+        pass  # the disk that failed the run: metrics.json still says `running`, i.e. not finished

@@ -31,13 +31,16 @@ class Predictions:
 
 
 @torch.no_grad()
+def probabilities(net: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """Softmax over the classes for uint8 (N, 3, 32, 32) images, normalized as in training: (N, classes), on the CPU."""
+    out = []
+    with evaluating(net, device):
+        for start in range(0, len(images), batch_size):
+            out.append(net(normalize(images[start:start + batch_size].to(device))).float().softmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 10)
+
+
 def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
             batch_size: int = 500) -> Predictions:
-    predicted, confidence = [], []
-    with evaluating(net, device):
-        for start in range(0, len(labels), batch_size):
-            x = normalize(images[start:start + batch_size].to(device))
-            conf, pred = net(x).float().softmax(1).max(1)
-            predicted.append(pred.cpu())
-            confidence.append(conf.cpu())
-    return Predictions(labels.cpu(), torch.cat(predicted), torch.cat(confidence))
+    confidence, predicted = probabilities(net, images, device, batch_size).max(1)
+    return Predictions(labels.cpu(), predicted, confidence)

@@ -1,6 +1,6 @@
 """Batched augmentation on whichever device holds the batch: no per-image Python work.
 
-The seed's course used: random crop 32 after 4-pixel padding, horizontal flip, cutout 8x8.
+The original's course used: random crop 32 after 4-pixel padding, horizontal flip, cutout 8x8.
 `augment` takes the uint8 batch (N, C, H, W) and returns it normalized, every image with its own
 crop, flip and cutout. It draws all images' choices in one call, moves the pixels of crop and
 flip with one gather on the uint8 batch (padding is an index map, never a padded copy), then

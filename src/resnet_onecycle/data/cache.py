@@ -72,7 +72,7 @@ def write_cache(path: Path, identity: dict, splits: dict[str, Split]) -> None:
 
 
 @contextmanager
-def turn(path: Path):
+def locked(path: Path):
     """The cache's lock (`.<name>.lock` beside it), held while it is read again and built."""
     lock = path.with_name(f".{path.name}.lock")
     try:
@@ -92,7 +92,7 @@ def load_cached(source: str, data_dir: str | Path) -> tuple[dict[str, Split], Pa
     splits, _ = read_cache(path, identity)
     if splits is not None:
         return splits, path, False
-    with turn(path):
+    with locked(path):
         splits, problem = read_cache(path, identity)  # another process may have built it meanwhile
         if splits is not None:
             return splits, path, False

@@ -12,7 +12,7 @@ import torch
 from resnet_onecycle.data.augment import augment, normalize
 from resnet_onecycle.data.cache import load_cached
 from resnet_onecycle.data.sources import CLASSES, check_source
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import ConfigError, check
 
 
 class Batches:
@@ -66,7 +66,7 @@ class Batches:
 class CIFAR10DataModule(L.LightningDataModule):
     """`source`: `download`, or a folder / .tar.gz (see `resnet_onecycle.data.sources`).
 
-    `val_size` 0 validates on the official test split (as the seed reports test accuracy per
+    `val_size` 0 validates on the official test split (as the original reports test accuracy per
     epoch); N > 0 holds out N training images instead. `subset` / `test_subset` keep a fixed
     random sample of N training / test images for quick runs. `on_device` keeps the uint8
     dataset on the accelerator, so no batch crosses PCIe.
@@ -91,22 +91,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for key, value, low in (
-            ("batch_size", batch_size, 1), ("crop_padding", crop_padding, 0), ("cutout_size", cutout_size, 0),
-            ("val_size", val_size, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"data.{key}={value!r} must be a whole number >= {low}.")
+        for key, value, low in (("batch_size", batch_size, 1), ("crop_padding", crop_padding, 0),
+                                ("cutout_size", cutout_size, 0), ("val_size", val_size, 0)):
+            check(f"data.{key}", value, low=low)
         for key, value in (("eval_batch_size", eval_batch_size), ("subset", subset), ("test_subset", test_subset)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"data.{key}={value!r} must be null or a whole number >= 1.")
-        if cutout_size > 32:
-            raise ConfigError(f"data.cutout_size={cutout_size} is larger than the 32x32 image; use 0..32 (0 turns it off).")
-        if padding_mode not in ("reflect", "constant", "replicate"):
-            raise ConfigError(f"data.padding_mode={padding_mode!r}: use reflect, constant or replicate.")
-        if padding_mode == "reflect" and crop_padding >= 32:
-            raise ConfigError(f"data.crop_padding={crop_padding} is too wide to reflect a 32x32 image: use 0..31, "
-                              "or data.padding_mode=constant or replicate.")
+            check(f"data.{key}", value, low=1, optional=True)
+        check("data.cutout_size", cutout_size, below=33, fix="the image is 32x32; 0 turns it off")
+        check("data.padding_mode", padding_mode, choices=("reflect", "constant", "replicate"))
+        if padding_mode == "reflect":
+            check("data.crop_padding", crop_padding, below=32,
+                  fix="wider cannot reflect a 32x32 image; or data.padding_mode=constant or replicate")
         check_source(str(source))  # before anything is read: a missing source is a one-line error
         self.save_hyperparameters(logger=False)
         self.source, self.data_dir = str(source), str(data_dir)

@@ -1,6 +1,6 @@
-"""The seed's "mixed" ResNet: conv + max-pool in every layer, residual pairs in alternate layers.
+"""The original's "mixed" ResNet: conv + max-pool in every layer, residual pairs in alternate layers.
 
-At width 1.0 it matches the seed's torchsummary table layer for layer (6,573,130 parameters):
+At width 1.0 it matches the original's torchsummary table layer for layer (6,573,130 parameters):
 
     prep    conv 3->64, BN, ReLU                                   32x32
     layer1  conv 64->128, max-pool, BN, ReLU, residual pair        16x16
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import check
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -48,11 +48,8 @@ class MixedResNet(nn.Module):
 
     def __init__(self, width: float = 1.0, num_classes: int = 10, logit_scale: float = 1.0) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-            raise ConfigError(f"model.net.width={width!r} must be a number greater than 0 (1.0 is the seed's network).")
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not logit_scale > 0:
-            raise ConfigError(f"model.net.logit_scale={logit_scale!r} must be a positive number (1.0: off; "
-                              "cifar10-fast uses 0.125).")
+        check("model.net.width", width, float, above=0, fix="1.0 is the original network")
+        check("model.net.logit_scale", logit_scale, float, above=0, fix="1.0: off; cifar10-fast uses 0.125")
         self.width, self.logit_scale = width, float(logit_scale)
         c = [max(1, round(n * width)) for n in (64, 128, 256, 512)]
         self.prep = nn.Sequential(*conv_bn_relu(3, c[0]))

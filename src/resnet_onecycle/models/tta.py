@@ -23,3 +23,8 @@ class FlipAveraged(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return flip_averaged(self.net, images)
+
+
+def with_tta(net: nn.Module, tta: str) -> nn.Module:
+    """The net as a run with `model.tta=tta` classifies with it: the one place the switch is read."""
+    return FlipAveraged(net) if tta == "flip" else net
