@@ -204,6 +204,12 @@ def test_datamodule_refuses_bad_values(kwargs, key):
         CIFAR10DataModule(**kwargs)
 
 
+def test_a_batch_larger_than_the_training_images_is_named(image_tree, tmp_path):
+    datamodule = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path / "cache"), batch_size=64)
+    with pytest.raises(ValueError, match=r"data\.batch_size=64 is larger than the 60 training images"):
+        datamodule.setup("fit")  # the stage that trains
+
+
 # --- the DataModule and its batches -------------------------------------------------------------
 
 
@@ -252,14 +258,14 @@ def test_datamodule_splits_subsets_and_normalizes(image_tree, tmp_path):
     assert x.dtype == torch.float32 and torch.equal(y, labels)
     assert abs(float(x.mean())) < 2 and torch.isfinite(x).all()
 
-    held_out = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path), val_size=10)
+    held_out = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path), val_size=10, batch_size=8)
     held_out.setup("fit")
     assert len(held_out.splits["val"][1]) == 10 and len(held_out.splits["train"][1]) == 50
     assert len(held_out.splits["test"][1]) == 30
 
 
 def test_in_memory_dataset_costs_its_uint8_size(image_tree, tmp_path):
-    dm = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path))
+    dm = CIFAR10DataModule(source=str(image_tree), data_dir=str(tmp_path), batch_size=8)
     dm.setup("fit")
     held = {t.data_ptr(): t.numel() * t.element_size() for x, _ in dm.splits.values() for t in [x]}
     assert sum(held.values()) == (60 + 30) * 3 * 32 * 32  # one uint8 byte per pixel value, no float copy

@@ -72,6 +72,14 @@ def test_impossible_schedules_name_the_key(kwargs, key):
         one_cycle(optimizer, total_steps=100, steps_per_epoch=10, **kwargs)
 
 
+def test_a_warm_up_of_one_step_is_refused_with_the_fix():
+    # OneCycleLR divides by the warm-up's steps less one: a warm-up of one step would end in ZeroDivisionError
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match=r"model\.scheduler\.peak_epoch=1 .* warm-up of 1 step.*at least 2.*data\.batch_size"):
+        one_cycle(optimizer, total_steps=3, steps_per_epoch=1, max_lr=0.1, peak_epoch=1)
+    one_cycle(optimizer, total_steps=6, steps_per_epoch=2, max_lr=0.1, peak_epoch=1)  # two steps: enough
+
+
 class RecordLR(L.Callback):
     def __init__(self):
         self.lrs = []

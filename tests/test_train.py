@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT
+from conftest import ROOT, write_image_tree
+from resnet_onecycle.errors import ConfigError
 
 
 def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -237,6 +239,9 @@ def test_run_writes_tensorboard_scalars_and_hparams(debug_run):
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt'"),
         ("test_ckpt=middle", "test_ckpt='middle'"),
         ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true"),
+        ("seed=abc", "seed='abc'"),
+        ("test=maybe", "test='maybe'"),
+        ("model.scheduler.max_lr=auto lr_find.min_lr=0", "lr_find.min_lr=0"),
     ],
 )
 def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, named):
@@ -247,13 +252,29 @@ def test_bad_input_is_refused_before_training(tmp_path, image_tree, override, na
     from resnet_onecycle.errors import UserError
     from resnet_onecycle.tasks import train
 
-    cfg = compose_train(["debug=fast", f"data.source={image_tree}", f"paths.data_dir={tmp_path / 'cache'}", override],
-                        tmp_path)
+    cfg = compose_train(["debug=fast", f"data.source={image_tree}", f"paths.data_dir={tmp_path / 'cache'}",
+                         *override.split()], tmp_path)
     with pytest.raises(Exception) as raised:
         train(cfg)
     error = as_user_error(raised.value)
     assert isinstance(error, UserError) and named in str(error), repr(raised.value)
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["data.batch_size=1024"], "data.batch_size=1024 is larger than the 512 training images"),
+    (["data.subset=64", "trainer.max_epochs=3"], "warm-up of 1 step"),  # one step an epoch, the peak after the first
+])
+def test_values_that_only_the_data_shows_wrong_are_refused_before_a_step(tmp_path, overrides, named):
+    from conftest import compose_train
+    from resnet_onecycle.tasks import train
+
+    tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)  # 520 training images
+    cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}", *overrides],
+                        tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 @pytest.mark.slow
@@ -296,3 +317,42 @@ def test_default_logs_dir_under_the_working_dir_that_cannot_be_written(tmp_path,
     assert f"cannot create the run dir {tmp_path / 'logs'}" in result.stderr and "paths.log_dir" in result.stderr
     assert "Traceback" not in result.stderr and "HydraConfig was not set" not in result.stderr
     assert (tmp_path / "logs").read_text() == "not a folder"
+
+
+def test_a_run_says_how_long_its_training_steps_will_take(tmp_path, caplog):
+    from conftest import compose_train
+    from resnet_onecycle.tasks import train
+
+    tree = write_image_tree(tmp_path / "data", n_train=52, n_test=26)
+    cfg = compose_train(["debug=fast", f"data.source={tree}", f"paths.data_dir={tmp_path / 'cache'}", "test=false",
+                         "analysis.enabled=false"], tmp_path)
+    with caplog.at_level("INFO", logger="resnet_onecycle.callbacks"):
+        train(cfg)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("About ")]
+    assert len(said) == 1 and "for this fit's training steps (2 epochs of 8 steps" in said[0] and "CPU" in said[0]
+
+
+def test_the_duration_is_said_as_a_person_would():
+    from resnet_onecycle.callbacks import duration
+
+    assert [duration(s) for s in (40, 25 * 60, 3 * 3600 + 600, 13 * 3600)] == ["40 s", "25 min", "3.2 h", "13 h"]
+
+
+def test_a_refused_command_removes_only_the_run_dir_it_made_and_only_if_it_holds_nothing_else(tmp_path, monkeypatch):
+    from resnet_onecycle import launching
+
+    fresh = tmp_path / "fresh"
+    launching.make_dir_or_exit(str(fresh), "run dir")
+    (fresh / ".hydra").mkdir()
+    (fresh / "train.log").write_text("error")
+    (fresh / "metrics.json").write_text("{}")
+    assert launching.remove_refused_run_dir(fresh, "train") and not fresh.exists()
+
+    launching.make_dir_or_exit(str(fresh), "run dir")
+    (fresh / "lr_find.png").write_bytes(b"a picture")  # work done before the refusal: kept
+    assert not launching.remove_refused_run_dir(fresh, "train") and (fresh / "lr_find.png").exists()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    launching.make_dir_or_exit(str(resumed), "run dir")  # a dir that was there: a resumed run's
+    assert not launching.remove_refused_run_dir(resumed, "train") and resumed.exists()

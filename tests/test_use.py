@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -110,6 +111,63 @@ def test_without_a_checkpoint_path_the_newest_is_used_or_the_error_says_how_to_t
         latest_trained_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match=r"ckpt_path='.*nope\.ckpt': no such checkpoint file"):
         Classifier.load(tmp_path / "nope.ckpt")
+
+
+def fake_run(log_dir: Path, name: str, mtime: float, **metrics) -> Path:
+    """A run dir with a last.ckpt (its content unread here) and, with `metrics`, a metrics.json."""
+    ckpt = log_dir / "train" / "runs" / name / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    if metrics:
+        (ckpt.parent.parent / "metrics.json").write_text(json.dumps(metrics))
+    os.utime(ckpt, (mtime, mtime))
+    return ckpt
+
+
+def test_without_a_checkpoint_path_the_newest_completed_run_is_chosen(tmp_path, capsys, caplog):
+    completed = fake_run(tmp_path, "a", 1000, status="completed", **{"test/acc": 0.8712})
+    fake_run(tmp_path, "b", 2000, status="interrupted", epochs=0)  # newer, barely trained
+    fake_run(tmp_path, "c", 3000)  # newest, no metrics.json: not known to be finished
+    assert latest_trained_checkpoint(tmp_path) == completed
+    printed = capsys.readouterr().out
+    assert "newest completed run's" in printed and "test/acc 0.8712" in printed
+    only = tmp_path / "only"
+    unfinished = fake_run(only, "b", 2000, status="interrupted", epochs=1)
+    with caplog.at_level("WARNING"):
+        assert latest_trained_checkpoint(only) == unfinished
+    assert "no run under" in caplog.text and "interrupted after 1 epoch" in caplog.text
+
+
+@pytest.mark.parametrize("override, named", [("top_k=abc", "top_k='abc'"), ("top_k=0", "top_k=0"), ("top_k=11", "top_k=11"),
+                                             ("batch_size=0", "batch_size=0"), ("gradcam=true", "gradcam_layer='fc'"),
+                                             ("device=abc", "device='abc'")])
+def test_predict_refuses_bad_values_by_key(trained, tmp_path, override, named):
+    from resnet_onecycle.tasks import predict
+
+    _, tree, ckpt = trained
+    image = sorted((tree / "test").rglob("*.png"))[0]
+    cfg = compose_task("predict", [f"ckpt_path={ckpt}", f"inputs={image}", "gradcam_layer=fc", override], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        predict(cfg)
+    assert not (tmp_path / "run" / "predictions.csv").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("port", ["abc", -5, 0, 70000])
+def test_a_port_that_is_no_port_is_refused_by_key(port):
+    from resnet_onecycle.app import check_port
+
+    with pytest.raises(ConfigError, match=re.escape(f"app.port={port!r}")):
+        check_port("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("opset, tolerance, named", [(7, 1e-5, "opset=7"), (999, 1e-5, "opset=999"), (18, 0, "tolerance=0")])
+def test_export_refuses_bad_values_by_key_before_any_work(tmp_path, opset, tolerance, named):
+    pytest.importorskip("onnx")
+    from resnet_onecycle.onnx_export import export_checked
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        export_checked(None, None, tmp_path, opset, tolerance, True, None)  # the classifier is not touched
+    assert not list(tmp_path.iterdir())
 
 
 def test_predict_writes_tables_and_overlays_and_lists_unreadable_files(trained, tmp_path):

@@ -7,6 +7,7 @@ filtered by true and predicted class. Model: the run's report (recipe, metrics, 
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import ConfigError, check
 from resnet_onecycle.inference import LAYERS, Classifier, ImageError, load_image
 
 PREDICTED = "the predicted class"
@@ -27,6 +28,7 @@ def layer_choices() -> list[tuple[str, str]]:
 
 def check_port(host: str, port: int) -> None:
     """A port already taken is a clear error before launch, not a stack trace from the server."""
+    check("app.port", port, low=1, below=65536, fix="e.g. app.port=7860")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, int(port)))
@@ -107,11 +109,13 @@ class Handlers:
         return pictures, heat, f"{len(chosen)} of {len(self.mistakes)} misclassified test images, most confident first."
 
 
-def build(model: Handlers, examples: list[str], report_dir: Path | None, misclassified: int = 20):
-    """The app: the Classify, Mistakes and Model tabs."""
+def build(model: Handlers, examples: list[str], report_dir: Path | None, misclassified: int = 20,
+          analytics: bool = False):
+    """The app: the Classify, Mistakes and Model tabs. Gradio's telemetry only with `analytics`."""
     import gradio as gr
 
-    with gr.Blocks(title="resnet-onecycle") as app:
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = str(bool(analytics))  # also what Gradio reads at launch
+    with gr.Blocks(title="resnet-onecycle", analytics_enabled=bool(analytics)) as app:
         gr.Markdown(f"# resnet-onecycle\nModel: `{model.classifier.ckpt_path}`")
         with gr.Tab("Classify"):
             classify_tab(gr, model, examples)
@@ -184,8 +188,11 @@ def example_files(test: tuple[torch.Tensor, torch.Tensor], classes, folder: Path
 
 def serve(classifier: Classifier, test, output_dir: Path, report_dir: Path | None, settings) -> None:
     """The app on `settings.host`:`settings.port` until stopped; examples go into `output_dir`."""
+    check("app.misclassified", settings.misclassified, low=1, below=51, fix="the Mistakes tab shows up to 50")
+    for key in ("share", "analytics"):
+        check(f"app.{key}", settings.get(key), choices=(True, False))
     examples = example_files(test, classifier.classes, output_dir / "examples") if test is not None else []
-    demo = build(Handlers(classifier, test), examples, report_dir, settings.misclassified)
+    demo = build(Handlers(classifier, test), examples, report_dir, settings.misclassified, settings.analytics)
     print(f"Serving {classifier.ckpt_path} on http://{settings.host}:{settings.port} (Ctrl-C stops it)", flush=True)
     demo.launch(server_name=settings.host, server_port=int(settings.port), share=bool(settings.share),
                 allowed_paths=[str(output_dir), *([str(report_dir)] if report_dir else [])], quiet=True)

@@ -6,9 +6,13 @@ use it before the long imports.
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 from resnet_onecycle.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:
@@ -61,26 +65,44 @@ def resumable_checkpoint(run: Path) -> Path | None:
 
 
 def latest_trained_checkpoint(log_dir: str | Path) -> Path:
-    """The newest `last.ckpt` of any run under `log_dir`, for a command given no ckpt_path."""
-    found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    """For a command given no ckpt_path: the `last.ckpt` of the newest run under `log_dir` whose
+    metrics.json says `completed`; else, with a warning naming its status and epoch, the newest of any."""
+    found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
         raise ConfigError(f"ckpt_path: no checkpoint given and no checkpoints/last.ckpt under {log_dir}; train one "
                           "first (python src/train.py experiment=cpu_fast), or give ckpt_path=<run>/checkpoints/last.ckpt.")
-    return found[-1]
+    metrics = {path: run_metrics(path.parent.parent) for path in found}
+    chosen = next((path for path in found if metrics[path].get("status") == "completed"), found[0])
+    told = metrics[chosen]
+    if told.get("status") == "completed":
+        accuracy = told.get("test/acc", told.get("val/acc"))
+        print(f"ckpt_path not given: using the newest completed run's, {chosen}"
+              + (f" ({'test' if 'test/acc' in told else 'val'}/acc {accuracy:.4f})" if accuracy is not None else ""))
+    else:
+        log.warning("ckpt_path not given and no run under %s completed: using %s, whose run is %s after %s epoch(s); "
+                    "its predictions may be poor. Give ckpt_path= to choose.", log_dir, chosen,
+                    told.get("status", "of unknown status"), told.get("epochs", "?"))
+    return chosen
+
+
+def run_metrics(run: Path) -> dict:
+    """A run dir's metrics.json, or {} where it has none that reads."""
+    try:
+        found = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def checkpoint_file(ckpt_path) -> Path:
     """`ckpt_path` as a file that exists; a ConfigError naming it otherwise."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        shown = repr(str(ckpt_path)) if ckpt_path else repr(ckpt_path)
-        raise ConfigError(f"ckpt_path={shown}: no such checkpoint file; give ckpt_path=<run>/checkpoints/last.ckpt.")
+    if not ckpt_path:
+        raise ConfigError("ckpt_path is not given: give ckpt_path=<run>/checkpoints/last.ckpt.")
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file; give ckpt_path=<run>/checkpoints/last.ckpt.")
     return Path(ckpt_path)
 
 
 def given_or_latest(ckpt_path, log_dir: str | Path) -> Path:
-    """`ckpt_path`, or the newest `last.ckpt` under the logs dir (its path printed)."""
-    if ckpt_path:
-        return Path(ckpt_path)
-    found = latest_trained_checkpoint(log_dir)
-    print(f"ckpt_path not given: using the newest checkpoint, {found}")
-    return found
+    """`ckpt_path`, or the checkpoint of the newest completed run under the logs dir (`latest_trained_checkpoint`)."""
+    return Path(ckpt_path) if ckpt_path else latest_trained_checkpoint(log_dir)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from resnet_onecycle.errors import ConfigError, UserError
-from resnet_onecycle.inference import Classifier, ImageError, load_image
+from resnet_onecycle.errors import ConfigError, UserError, check
+from resnet_onecycle.inference import LAYERS, Classifier, ImageError, load_image
 
 
 class SomeUnreadable(UserError):
@@ -57,6 +57,9 @@ def read_images(files: list[Path]) -> tuple[torch.Tensor, list[Path], dict[str, 
 def classify(classifier: Classifier, files: list[Path], output_dir: Path, top_k: int, batch_size: int,
              gradcam_layer: str | None = None) -> dict:
     """Classify `files` and write the results into `output_dir`; the summary for metrics.json."""
+    check("top_k", top_k, low=1, below=len(classifier.classes) + 1, fix=f"there are {len(classifier.classes)} classes")
+    check("batch_size", batch_size, low=1)
+    check("gradcam_layer", gradcam_layer, choices=LAYERS, optional=True)
     start = time.perf_counter()
     batch, readable, unreadable = read_images(files)
     probabilities = classifier.probabilities(batch, batch_size)
@@ -71,7 +74,7 @@ def classify(classifier: Classifier, files: list[Path], output_dir: Path, top_k:
     if gradcam_layer and len(batch):
         write_overlays(classifier, batch, probabilities.argmax(1).tolist(), readable, output_dir / "gradcam", gradcam_layer)
     print_table(rows, unreadable, max(len(str(f)) for f in files))
-    print(f"{len(rows)} images in {seconds:.2f} s -> {output_dir / 'predictions.csv'}"
+    print(f"{len(rows)} image{'' if len(rows) == 1 else 's'} in {seconds:.2f} s -> {output_dir / 'predictions.csv'}"
           + (f"; {len(unreadable)} unreadable" if unreadable else ""))
     return {"status": "completed", "images": len(rows), "unreadable": len(unreadable),
             "ckpt_path": str(classifier.ckpt_path), "seconds": round(seconds, 3),

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from resnet_onecycle.console import log_to_file, quiet_console
 from resnet_onecycle.errors import ConfigError, TrainingInterrupted, UserError
-from resnet_onecycle.launching import in_sweep, set_threads
+from resnet_onecycle.launching import in_sweep, remove_refused_run_dir, set_threads
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -112,6 +112,8 @@ def failed(raised: Exception, cfg: DictConfig) -> float:
         return float("nan")
     if told and os.environ.get("HYDRA_FULL_ERROR") != "1":
         print(f"\nerror: {error}", file=sys.stderr)  # on its own line, whatever a progress bar left
+        if error.status == "refused":
+            remove_refused_run_dir(Path(cfg.paths.output_dir), cfg.task_name)
         sys.exit(error.exit_code)
     raise raised
 

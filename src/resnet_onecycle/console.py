@@ -6,20 +6,28 @@ import logging
 import warnings
 
 
-class DropTips(logging.Filter):
-    """Lightning's advertising tips ("💡 Tip: ... litlogger"): nothing a user of this project acts on."""
+class DropNoise(logging.Filter):
+    """Lightning's lines that no user of this project acts on: its advertising tips ("💡 Tip: ...
+    litlogger"), the `weights_only` default of a checkpoint it loads itself, and the LR range
+    test's temporary checkpoint being restored."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        message = str(record.msg)
+        return not (message.startswith(("💡 Tip", "`weights_only` was not set")) or ".lr_find_" in record.getMessage())
 
 
 def quiet_console() -> None:
-    """Keep the console to the project's progress and results: no third-party tips, and none of the
-    deprecation warnings that Lightning's own calls into torch raise on every run."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    """Keep the console to the project's progress and results: no third-party tips or INFO lines,
+    and none of the warnings that Lightning's own calls raise on every run."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, DropTips) for f in logger.filters):
-            logger.addFilter(DropTips())
+        if not any(isinstance(f, DropNoise) for f in logger.filters):
+            logger.addFilter(DropNoise())
+    for name in ("onnxscript", "onnx_ir", "httpx"):  # a line per graph pass (export); a line per request (the app)
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Epoch-level metrics are logged whatever the interval: an epoch shorter than it loses nothing.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval", category=Warning)
     # Lightning 2.6 asks torch's pytree for `LeafSpec`, which torch >= 2.10 deprecates
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
     # Two that are not true of a resumed run here: its checkpoint dir with files in it is its own (every

@@ -97,8 +97,9 @@ class Classifier:
         except RuntimeError as error:
             raise ConfigError(another_model(ckpt_path, state, config, error)) from error
         tta = str(config.model.get("tta", "none")) if config is not None else "none"
+        device = device_of(device)
         # Lightning's weight averaging keeps the raw weights beside the average's
-        return cls(net.to(torch.device(device)).eval(), tta, ckpt_path, config, torch.device(device),
+        return cls(net.to(device).eval(), tta, ckpt_path, config, device,
                    checkpoint.get("epoch", -1) + 1, checkpoint.get("global_step"), "current_model_state" in checkpoint)
 
     @property
@@ -136,6 +137,17 @@ def test_split(classifier: Classifier, source: str | None, data_dir: str | Path)
     check_source(source)
     test = load_cached(source, str(data_dir))[0]["test"]
     return torch.from_numpy(test.images), torch.from_numpy(test.labels)
+
+
+def device_of(device) -> torch.device:
+    """`device` (predict.py's key) as a torch device that this machine has; a ConfigError naming it otherwise."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"device={device!r}: not a device; use cpu, or cuda (cuda:N for the N-th GPU).") from error
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r}: no CUDA GPU is visible here; use device=cpu.")
+    return found
 
 
 def another_model(ckpt_path: Path, state: dict, config: DictConfig | None, error: RuntimeError) -> str:

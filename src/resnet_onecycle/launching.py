@@ -47,7 +47,27 @@ def set_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(threads))
 
 
+made_run_dir: Path | None = None  # the run dir this command made (not one a resume continues)
+
+
+def remove_refused_run_dir(output_dir: Path, task_name: str) -> bool:
+    """A refused command leaves nothing behind: the run dir it made goes, if it holds only what Hydra
+    wrote (its config, the log) and metrics.json. A dir with anything else in it (a picture, a
+    checkpoint) or that this command did not make (a resumed run's) stays."""
+    import shutil
+
+    if made_run_dir is None or made_run_dir.resolve() != Path(output_dir).resolve():
+        return False
+    if any(p.name not in (".hydra", f"{task_name}.log", "metrics.json") for p in Path(output_dir).iterdir()):
+        return False
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return True
+
+
 def make_dir_or_exit(path: str, what: str) -> None:
+    global made_run_dir
+    if what == "run dir" and not Path(path).exists():
+        made_run_dir = Path(path)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as error:

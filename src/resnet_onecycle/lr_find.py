@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import ConfigError, check
 from resnet_onecycle.files import save_figure, write_text
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ def run_lr_find(cfg: DictConfig, datamodule: L.LightningDataModule, root_dir: st
     """Run the range test on `module` (by default the configured model, built for it and dropped).
     Lightning restores the module's weights afterwards."""
     settings = cfg.lr_find
+    check("lr_find.min_lr", settings.min_lr, float, above=0)
+    check("lr_find.max_lr", settings.max_lr, float, above=settings.min_lr, fix="above lr_find.min_lr")
+    check("lr_find.num_training", settings.num_training, low=2, fix="the steps the LR takes from min_lr to max_lr")
+    check("lr_find.early_stop_threshold", settings.early_stop_threshold, float, above=1, optional=True,
+          fix="null: no early stop")
     module = module if module is not None else range_test_module(cfg)
     module.range_test = True  # configure_optimizers: the optimizer alone, Lightning adds its scheduler
     trainer: L.Trainer = hydra.utils.instantiate(

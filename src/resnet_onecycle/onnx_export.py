@@ -9,7 +9,6 @@ training, not part of the model. Checked with onnxruntime against PyTorch on rea
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from resnet_onecycle.data.augment import CIFAR10_MEAN, CIFAR10_STD
-from resnet_onecycle.errors import UserError
+from resnet_onecycle.errors import UserError, check
 from resnet_onecycle.inference import SIZE, Classifier
 
 OPSET = 18
@@ -42,7 +41,6 @@ class Normalized(nn.Module):
 
 
 def export_onnx(classifier: Classifier, path: Path, opset: int = OPSET) -> None:
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # a line per initializer it deduplicates
     model = Normalized(copy.deepcopy(classifier.classify_net).cpu().to(memory_format=torch.contiguous_format)).eval()
     example = torch.rand(2, 3, SIZE, SIZE)
     batch = torch.export.Dim("batch", min=1)
@@ -112,6 +110,13 @@ def export_checked(classifier: Classifier, images: torch.Tensor, output_dir: Pat
     (batch 1 and all of them); an ExportMismatch, with the record saved, where they disagree."""
     import json
 
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    check("opset", opset, low=OPSET, below=newest + 1,
+          fix=f"{OPSET} is the lowest torch's exporter writes directly, {newest} the newest this onnx knows")
+    check("tolerance", tolerance, float, above=0, fix="the largest logit difference accepted, e.g. 1e-5")
+    check("measure_speed", measure_speed, choices=(True, False))
     path = output_dir / "model.onnx"
     export_onnx(classifier, path, opset)
     session = onnx_session(path)

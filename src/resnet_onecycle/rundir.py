@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from resnet_onecycle.checkpoints import resumable_checkpoint
+from resnet_onecycle.checkpoints import resumable_checkpoint, run_metrics
 from resnet_onecycle.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,17 +67,17 @@ def output_subdir(task: str, resume: str | None, ckpt_path: str | None) -> str:
 
 
 def register_resolvers() -> None:
-    """`${resume_output_dir:...}` and `${resume_output_subdir:...}`, which hydra.run.dir and hydra.output_subdir use."""
+    """`${resume_output_dir:...}` and `${resume_output_subdir:...}`, which hydra.run.dir and
+    hydra.output_subdir use, and `${project_root:}`, paths.root_dir: the checkout's root, so that
+    logs/ and data/ land in one place whatever the working directory."""
+    OmegaConf.register_new_resolver("project_root", lambda: str(Path(__file__).resolve().parents[2]), replace=True)
     OmegaConf.register_new_resolver("resume_output_dir", output_dir, replace=True)
     OmegaConf.register_new_resolver("resume_output_subdir", output_subdir, replace=True)
 
 
 def status_of(output_dir: Path) -> str | None:
     """The status a run dir's metrics.json states, or None."""
-    try:
-        return json.loads((Path(output_dir) / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return run_metrics(Path(output_dir)).get("status")
 
 
 def command_line() -> tuple[list[str], set[str]]:

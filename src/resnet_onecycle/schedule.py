@@ -79,6 +79,13 @@ def check_one_cycle(
         check("trainer.max_epochs", epochs, int, above=peak_epoch,
               fix=f"the one-cycle LR needs epochs after its peak (model.scheduler.peak_epoch={peak_epoch}) to come "
                   "down. Lower peak_epoch or raise max_epochs")
+    if total_steps is not None and steps_per_epoch is not None and peak_epoch * steps_per_epoch < 2:
+        # OneCycleLR divides by the warm-up's steps less one
+        raise ConfigError(
+            f"model.scheduler.peak_epoch={peak_epoch!r} with {steps_per_epoch} step(s) an epoch gives a warm-up of "
+            f"{peak_epoch * steps_per_epoch:g} step(s), and the one-cycle LR needs at least 2: raise "
+            "model.scheduler.peak_epoch, or lower data.batch_size (or raise data.subset) for more steps an epoch."
+        )
     if total_steps is not None and steps_per_epoch is not None and not 0 < peak_epoch * steps_per_epoch < total_steps - 1:
         raise ConfigError(
             f"model.scheduler.peak_epoch={peak_epoch!r} must lie strictly inside the run's {total_steps / steps_per_epoch:g} "

@@ -197,6 +197,7 @@ def check_task_keys(cfg: DictConfig) -> None:
     if problem:
         raise ConfigError(problem)
     check("test_ckpt", cfg.get("test_ckpt"), choices=("last", "best"))
+    check("test", cfg.get("test"), choices=(True, False))
     if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); "
                           "with trainer.accelerator=cpu set trainer.sync_batchnorm=false.")
@@ -209,6 +210,7 @@ def instantiate_group(cfg: DictConfig | None) -> list:
 
 def data_and_loggers(cfg: DictConfig) -> tuple[L.LightningDataModule, list]:
     """Seeded, the DataModule (it checks its source before anything is read) and the loggers."""
+    check("seed", cfg.seed, low=0)
     L.seed_everything(cfg.seed, workers=True)
     return hydra.utils.instantiate(cfg.data), instantiate_group(cfg.get("logger"))
 

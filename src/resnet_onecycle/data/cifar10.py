@@ -122,12 +122,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.prepare_time_s += time.perf_counter() - start
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        start = time.perf_counter()
-        self.split(self.cached or load_cached(self.source, self.data_dir)[0])  # read once: prepare_data's, if it ran here
-        self.cached = None
-        self.prepare_time_s += time.perf_counter() - start
+        if not self.splits:
+            start = time.perf_counter()
+            self.split(self.cached or load_cached(self.source, self.data_dir)[0])  # read once: prepare_data's, if it ran here
+            self.cached = None
+            self.prepare_time_s += time.perf_counter() - start
+        images = len(self.splits["train"][1])
+        if stage == "fit" and self.batch_size > images:
+            raise ConfigError(f"data.batch_size={self.batch_size} is larger than the {images} training images, so an "
+                              f"epoch would be one short batch: give data.batch_size={images} or less, or more "
+                              "images (data.subset).")
 
     def split(self, cached: dict) -> None:
         hp = self.hparams
