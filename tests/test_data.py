@@ -2,6 +2,7 @@
 
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +305,26 @@ def test_a_missing_source_suggests_a_path_other_than_the_one_that_failed():
     assert "e.g. data.source=/data/cifar-10-python.tar.gz" in str(error.value) and "cs.toronto.edu" in str(error.value)
     with pytest.raises(DataSourceError, match="no such file or folder"):
         check_source("")
+
+
+class Payload:
+    """What a poisoned batch would hold: unpickling it calls `pathlib.Path.touch` on `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_poisoned_batch_runs_no_code_and_is_named(tmp_path, packed):
+    folder = write_batches(tmp_path / "copy")
+    marker = tmp_path / "ran"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": Payload(marker), b"labels": [0]}, f)
+    source = make_tar(folder, tmp_path / "cifar-10-python.tar.gz") if packed else folder
+    with pytest.raises(DataSourceError, match=r"data_batch_3.*names pathlib\.Path\.touch.*never holds") as raised:
+        load_source(str(source), tmp_path / "cache")
+    assert not marker.exists()  # nothing in it ran
+    assert str(source) in str(raised.value)

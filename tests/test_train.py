@@ -310,13 +310,20 @@ def test_logs_dir_that_cannot_be_written(tmp_path, image_tree):
 
 
 @pytest.mark.slow
-def test_default_logs_dir_under_the_working_dir_that_cannot_be_written(tmp_path, image_tree):
-    (tmp_path / "logs").write_text("not a folder")  # paths.log_dir defaults to <working dir>/logs
-    result = run_train("debug=fast", f"data.source={image_tree}", cwd=tmp_path)
+def test_a_logs_dir_that_cannot_be_written_is_one_error_line(tmp_path, image_tree):
+    (tmp_path / "logs").write_text("not a folder")  # paths.log_dir defaults to <paths.root_dir>/logs
+    result = run_train("debug=fast", f"data.source={image_tree}", f"paths.root_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2
     assert f"cannot create the run dir {tmp_path / 'logs'}" in result.stderr and "paths.log_dir" in result.stderr
     assert "Traceback" not in result.stderr and "HydraConfig was not set" not in result.stderr
     assert (tmp_path / "logs").read_text() == "not a folder"
+
+
+def test_logs_and_data_land_under_the_checkout_whatever_the_working_dir(tmp_path):
+    result = run_train("--cfg", "job", "--resolve", cwd=tmp_path)
+    paths = yaml.safe_load(result.stdout)["paths"]
+    assert paths["log_dir"] == str(ROOT / "logs") and paths["data_dir"] == str(ROOT / "data")
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_run_says_how_long_its_training_steps_will_take(tmp_path, caplog):

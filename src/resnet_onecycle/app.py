@@ -8,6 +8,8 @@ filtered by true and predicted class. Model: the run's report (recipe, metrics, 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -77,7 +79,7 @@ class Handlers:
                 names.append(Path(path).name)
                 sides.append(square_side(path))
             except ImageError as error:
-                problems.append(f"{Path(path).name}: not a readable image ({str(error).split(' (', 1)[-1].rstrip(')')})")
+                problems.append(f"{Path(path).name}: {error.reason}")  # the upload's name, never the server's path
         if not images:
             return {}, [], [], "\n\n".join(problems) or "Upload an image, or pick an example."
         batch = torch.stack(images)
@@ -110,12 +112,13 @@ class Handlers:
 
 
 def build(model: Handlers, examples: list[str], report_dir: Path | None, misclassified: int = 20,
-          analytics: bool = False):
+          analytics: bool = False, delete_after_s: int = 3600):
     """The app: the Classify, Mistakes and Model tabs. Gradio's telemetry only with `analytics`."""
     import gradio as gr
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = str(bool(analytics))  # also what Gradio reads at launch
-    with gr.Blocks(title="resnet-onecycle", analytics_enabled=bool(analytics)) as app:
+    with gr.Blocks(title="resnet-onecycle", analytics_enabled=bool(analytics),
+                   delete_cache=(min(delete_after_s, 600), delete_after_s)) as app:
         gr.Markdown(f"# resnet-onecycle\nModel: `{model.classifier.ckpt_path}`")
         with gr.Tab("Classify"):
             classify_tab(gr, model, examples)
@@ -187,12 +190,31 @@ def example_files(test: tuple[torch.Tensor, torch.Tensor], classes, folder: Path
 
 
 def serve(classifier: Classifier, test, output_dir: Path, report_dir: Path | None, settings) -> None:
-    """The app on `settings.host`:`settings.port` until stopped; examples go into `output_dir`."""
+    """The app on `settings.host`:`settings.port` until stopped (Ctrl-C or SIGTERM).
+
+    It serves only `output_dir/served/`: the examples, and copies of the two pictures its Model
+    tab shows; never the training run's dir, whose checkpoints, config and log stay private.
+    Uploads are capped at `settings.max_file_size` and removed `settings.delete_uploads_after_s`
+    after they came, and all of them when the app stops."""
     check("app.misclassified", settings.misclassified, low=1, below=51, fix="the Mistakes tab shows up to 50")
+    check("app.delete_uploads_after_s", settings.delete_uploads_after_s, low=1)
     for key in ("share", "analytics"):
         check(f"app.{key}", settings.get(key), choices=(True, False))
-    examples = example_files(test, classifier.classes, output_dir / "examples") if test is not None else []
-    demo = build(Handlers(classifier, test), examples, report_dir, settings.misclassified, settings.analytics)
+    served = output_dir / "served"
+    examples = example_files(test, classifier.classes, served / "examples") if test is not None else []
+    report = copy_report(report_dir, served / "report") if report_dir is not None else None
+    demo = build(Handlers(classifier, test), examples, report, settings.misclassified, settings.analytics,
+                 delete_after_s=settings.delete_uploads_after_s)
     print(f"Serving {classifier.ckpt_path} on http://{settings.host}:{settings.port} (Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: a clean one, as Ctrl-C
     demo.launch(server_name=settings.host, server_port=int(settings.port), share=bool(settings.share),
-                allowed_paths=[str(output_dir), *([str(report_dir)] if report_dir else [])], quiet=True)
+                allowed_paths=[str(served)], max_file_size=settings.max_file_size, quiet=True)
+
+
+def copy_report(report_dir: Path, folder: Path) -> Path:
+    """report.md and the pictures the Model tab shows, copied out of the run dir into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("report.md", "curves.png", "confusion_matrix.png"):
+        if (report_dir / name).is_file():
+            shutil.copyfile(report_dir / name, folder / name)
+    return folder

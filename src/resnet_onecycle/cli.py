@@ -73,7 +73,7 @@ def command_line_problem(config_name: str, args) -> str | None:
     if not config_dir.is_absolute():  # as Hydra reads it: beside the task function's file, this one
         config_dir = Path(__file__).parent / config_dir
     extra = [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"] if args.config_dir else []
-    return problem(config_dir, args.config_name or config_name, [*args.overrides, *extra])
+    return problem(config_dir, args.config_name or config_name, [*args.overrides, *extra], args.multirun)
 
 
 def run(task: Callable[[DictConfig], dict], cfg: DictConfig, result_key: str | None = "test/acc") -> float | None:

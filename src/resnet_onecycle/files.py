@@ -66,6 +66,7 @@ def written_whole(path: str | Path, kind: str, mode: str = "wb") -> Iterator:
     partial = path.with_name(f".{path.name}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)  # a leftover, or a link planted there: never written through
         with open(partial, mode) as file:
             yield file
         pause_point(kind)

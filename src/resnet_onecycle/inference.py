@@ -34,18 +34,35 @@ SIZE = 32
 LAYERS = ("prep", "layer1", "layer2", "layer3")  # Grad-CAM targets: maps of 32, 16, 8 and 4 pixels a side
 
 
+MAX_PIXELS = 64_000_000  # 8000 x 8000: past any phone's photo, and refused before it is decoded
+DRAFT_SIDE = 8 * SIZE     # a large JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale still this wide
+
+
 class ImageError(UserError):
-    """A file that is not a readable image; the message names it and why."""
+    """A file that is not a readable image: `reason` says why in a few words, without a path."""
+
+    def __init__(self, file: str | Path, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = str(file), reason
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Any image file as the model's input: uint8 (3, 32, 32); an ImageError naming the file otherwise."""
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Any image file as the model's input: uint8 (3, 32, 32); an ImageError naming the file
+    otherwise, each failure its own (a decompression bomb included), so one bad file spoils no other.
+    Memory stays bounded: past `max_pixels` an image is refused from its header, and a large JPEG
+    is decoded at a reduced scale (PIL's `draft`)."""
+    if not Path(path).is_file():
+        raise ImageError(path, "not a regular file")  # a device or a socket would block the read
     try:
         with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise ImageError(path, f"{image.width}x{image.height} pixels, past the cap of {max_pixels:,} (max_pixels)")
+            image.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
             image.load()
             return to_input(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).replace(str(path), Path(path).name)  # PIL's messages repeat the full path
+        raise ImageError(path, f"not a readable image ({type(error).__name__}: {reason})") from error
 
 
 def to_input(image: Image.Image) -> torch.Tensor:

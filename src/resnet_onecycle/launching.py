@@ -70,6 +70,8 @@ def make_dir_or_exit(path: str, what: str) -> None:
         made_run_dir = Path(path)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):  # Hydra's log file would fail there with a traceback
+            raise PermissionError(13, "not writable")
     except OSError as error:
         print(
             f"error: cannot create the {what} {path} ({error.strerror or error}). "

@@ -9,6 +9,7 @@ training, not part of the model. Checked with onnxruntime against PyTorch on rea
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from resnet_onecycle.data.augment import CIFAR10_MEAN, CIFAR10_STD
-from resnet_onecycle.errors import UserError, check
+from resnet_onecycle.errors import ConfigError, UserError, check
+from resnet_onecycle.files import write_text, written_whole
 from resnet_onecycle.inference import SIZE, Classifier
 
 OPSET = 18
@@ -44,9 +46,10 @@ def export_onnx(classifier: Classifier, path: Path, opset: int = OPSET) -> None:
     model = Normalized(copy.deepcopy(classifier.classify_net).cpu().to(memory_format=torch.contiguous_format)).eval()
     example = torch.rand(2, 3, SIZE, SIZE)
     batch = torch.export.Dim("batch", min=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
-                      input_names=["images"], output_names=["logits"], dynamic_shapes=({0: batch},))
+    program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset,
+                                 input_names=["images"], output_names=["logits"], dynamic_shapes=({0: batch},))
+    with written_whole(path, "report") as file:  # beside it, then moved into place: never through a link there
+        file.write(program.model_proto.SerializeToString())
 
 
 def onnx_session(path: Path):
@@ -105,19 +108,14 @@ def speeds(classifier: Classifier, session, images: torch.Tensor, batch_sizes=(1
 
 
 def export_checked(classifier: Classifier, images: torch.Tensor, output_dir: Path, opset: int, tolerance: float,
-                   measure_speed: bool, data_source: str | None) -> dict:
+                   measure_speed: bool, data_source: str | None, overwrite: bool = False) -> dict:
     """model.onnx and model.export.json in `output_dir`, checked with onnxruntime on `images`
-    (batch 1 and all of them); an ExportMismatch, with the record saved, where they disagree."""
-    import json
-
-    import onnx
-
-    newest = onnx.defs.onnx_opset_version()
-    check("opset", opset, low=OPSET, below=newest + 1,
-          fix=f"{OPSET} is the lowest torch's exporter writes directly, {newest} the newest this onnx knows")
-    check("tolerance", tolerance, float, above=0, fix="the largest logit difference accepted, e.g. 1e-5")
-    check("measure_speed", measure_speed, choices=(True, False))
+    (batch 1 and all of them); an ExportMismatch, with the record saved, where they disagree.
+    An existing model.onnx is replaced only with `overwrite`."""
     path = output_dir / "model.onnx"
+    check_settings(opset, tolerance, measure_speed, overwrite)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise ConfigError(f"{path} exists: give overwrite=true to replace it, or another output dir (hydra.run.dir=...).")
     export_onnx(classifier, path, opset)
     session = onnx_session(path)
     checks = [compare(classifier, session, images[:1]), compare(classifier, session, images)]
@@ -132,15 +130,30 @@ def export_checked(classifier: Classifier, images: torch.Tensor, output_dir: Pat
     bad = [c for c in checks if not agrees(c, tolerance)]
     if not bad and measure_speed:
         record["speed_cpu"] = {"threads": torch.get_num_threads(), **speeds(classifier, session, images)}
-    (output_dir / "model.export.json").write_text(json.dumps({**record, **({"status": "mismatch"} if bad else {})},
-                                                             indent=2) + "\n")
+    write_text(output_dir / "model.export.json", json.dumps({**record, **({"status": "mismatch"} if bad else {})},
+                                                            indent=2) + "\n", "report")
     if bad:
         raise ExportMismatch(f"{path}: onnxruntime disagrees with PyTorch beyond tolerance={tolerance}: {bad}")
+    print_checks(path, opset, checks, record.get("speed_cpu", {}))
+    return record
+
+
+def check_settings(opset, tolerance, measure_speed, overwrite) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    check("opset", opset, low=OPSET, below=newest + 1,
+          fix=f"{OPSET} is the lowest torch's exporter writes directly, {newest} the newest this onnx knows")
+    check("tolerance", tolerance, float, above=0, fix="the largest logit difference accepted, e.g. 1e-5")
+    check("measure_speed", measure_speed, choices=(True, False))
+    check("overwrite", overwrite, choices=(True, False))
+
+
+def print_checks(path: Path, opset: int, checks: list[dict], speed: dict) -> None:
     print(f"Exported {path} (opset {opset}); onnxruntime against PyTorch: "
           + ", ".join(f"batch {c['images']}: max |diff| {c['max_abs_logit_difference']:.2e}, top-1 agreement "
                       f"{c['top1_agreement']:.0%}" for c in checks))
-    for batch, speed in record.get("speed_cpu", {}).items():
+    for batch, rates in speed.items():
         if batch.startswith("batch_"):
-            print(f"  {batch.replace('_', ' ')}: onnxruntime {speed['onnxruntime_images_per_s']:,.0f} images/s, "
-                  f"PyTorch eager {speed['torch_eager_images_per_s']:,.0f} images/s")
-    return record
+            print(f"  {batch.replace('_', ' ')}: onnxruntime {rates['onnxruntime_images_per_s']:,.0f} images/s, "
+                  f"PyTorch eager {rates['torch_eager_images_per_s']:,.0f} images/s")

@@ -14,14 +14,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 
-def problem(config_dir: Path, config_name: str, overrides: list[str]) -> str | None:
+def problem(config_dir: Path, config_name: str, overrides: list[str], multirun: bool = False) -> str | None:
     """The first thing wrong with `overrides` to `config_name`, or None. A sweep's overrides are
     checked with their first value."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    single = first_values(overrides)
+    single = first_values(overrides, multirun)
     if isinstance(single, str):
         return single
     GlobalHydra.instance().clear()
@@ -40,25 +40,39 @@ def problem(config_dir: Path, config_name: str, overrides: list[str]) -> str | N
     return found
 
 
-def first_values(overrides: list[str]) -> list[str] | str:
-    """Each override with a sweep's first value, or what makes one unparsable."""
+def first_values(overrides: list[str], multirun: bool = False) -> list[str] | str:
+    """Each override with a sweep's first value, or what makes one unreadable and how to type it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as error:
-        return f"{str(error).splitlines()[0]}: write key=value, e.g. model.scheduler.max_lr=0.05."
-    single = []
-    for override in parsed:
+    parser, single = OverridesParser.create(), []
+    for before, text in zip([None, *overrides], overrides):
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException as error:
+            if "=" not in text:  # perhaps the rest of a value with a space that the shell split
+                joined = f"; if it belongs to {before}, quote the whole: {quoted(f'{before} {text}')}" if before else ""
+                return f"{str(error).splitlines()[0]}: write key=value, e.g. model.scheduler.max_lr=0.05{joined}."
+            return (f"{text}: Hydra reads this value only in quotes (it holds a bracket, an accent or the like): "
+                    f"{quoted(text)}.")
         if not override.is_sweep_override():
             single.append(override.input_line)
             continue
+        if not multirun:
+            return (f"{text}: a comma (or a sweep function) makes a sweep, which needs -m; for one value with a comma "
+                    f"in it, quote it: {quoted(text)}.")
         try:
             single.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
         except (HydraException, StopIteration, TypeError):
             continue  # interval() and other sweeps a sweeper draws from: Hydra checks those
     return single
+
+
+def quoted(text: str) -> str:
+    """`key=value` as it is typed in a shell so that Hydra reads the value whole: 'key="value"'."""
+    key, value = text.split("=", 1)
+    value = value.replace("\\", "\\\\").replace('"', '\\"').replace("'", "'\\''")
+    return f"'{key}=\"{value}\"'"
 
 
 def first_failing(config_name: str, overrides: list[str]) -> str:

@@ -110,7 +110,8 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError("inputs is missing: give inputs=<image file | folder | glob>, e.g. inputs=photos/.")
     output_dir, files = Path(cfg.paths.output_dir), input_files(cfg.inputs)
     classifier = Classifier.load(given_or_latest(cfg.get("ckpt_path"), cfg.paths.log_dir), cfg.device)
-    summary = classify(classifier, files, output_dir, cfg.top_k, cfg.batch_size, cfg.gradcam_layer if cfg.gradcam else None)
+    summary = classify(classifier, files, output_dir, cfg.top_k, cfg.batch_size, cfg.gradcam_layer if cfg.gradcam else None,
+                       cfg.max_pixels)
     write_metrics(output_dir, summary)
     if summary["unreadable"]:
         raise SomeUnreadable(f"{summary['unreadable']} of {len(files)} files are not readable images (listed above); "
@@ -128,7 +129,7 @@ def export(cfg: DictConfig) -> dict:
     classifier = Classifier.load(given_or_latest(cfg.get("ckpt_path"), cfg.paths.log_dir))
     images = test_split(classifier, cfg.data_source, run_data_dir(classifier.config, cfg))[0][: cfg.check_images]
     record = export_checked(classifier, images, Path(cfg.paths.output_dir), cfg.opset, cfg.tolerance,
-                            cfg.measure_speed, cfg.data_source)
+                            cfg.measure_speed, cfg.data_source, cfg.overwrite)
     return {"status": "completed", **record}
 
 
