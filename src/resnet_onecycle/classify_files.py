@@ -63,10 +63,7 @@ def classify(classifier: Classifier, files: list[Path], output_dir: Path, top_k:
     that memory holds one batch whatever the number of files: the CSV and the console get each
     batch's rows as it is done, and a folder of more than one batch gets a progress bar.
     The summary for metrics.json."""
-    check("top_k", top_k, low=1, below=len(classifier.classes) + 1, fix=f"there are {len(classifier.classes)} classes")
-    check("batch_size", batch_size, low=1)
-    check("gradcam_layer", gradcam_layer, choices=LAYERS, optional=True)
-    check("max_pixels", max_pixels, low=1)
+    check_settings(len(classifier.classes), top_k, batch_size, gradcam_layer, max_pixels)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, unreadable, width, start = [], {}, max(len(str(f)) for f in files), time.perf_counter()
     with open(output_dir / "predictions.csv", "w", newline="") as table, \
@@ -98,6 +95,13 @@ def classify(classifier: Classifier, files: list[Path], output_dir: Path, top_k:
             "ckpt_path": str(classifier.ckpt_path), "seconds": round(seconds, 3),
             "images_per_s": round(len(rows) / seconds, 1) if seconds else None, "device": str(classifier.device),
             "output": str(output_dir)}
+
+
+def check_settings(classes: int, top_k, batch_size, gradcam_layer, max_pixels) -> None:
+    check("top_k", top_k, low=1, below=classes + 1, fix=f"there are {classes} classes")
+    check("batch_size", batch_size, low=1)
+    check("gradcam_layer", gradcam_layer, choices=LAYERS, optional=True)
+    check("max_pixels", max_pixels, low=1)
 
 
 def write_overlays(classifier: Classifier, batch: torch.Tensor, targets: list[int], files: list[Path], first: int,
