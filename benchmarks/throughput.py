@@ -47,6 +47,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from resnet_onecycle import trackers
 from resnet_onecycle.data.augment import augment
 from resnet_onecycle.data.cifar10 import Batches
 from resnet_onecycle.framework import compile_counters
@@ -98,7 +99,7 @@ def project(cfg, epochs: int, extra_callbacks=(), bare: bool = False) -> tuple[l
         c for c in instantiate_group(cfg.callbacks) if not isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
     trainer = instantiate(
         cfg.trainer, max_epochs=epochs, callbacks=[*extra_callbacks, *callbacks, timer],
-        logger=False if bare else instantiate_group(cfg.logger), enable_progress_bar=not bare,
+        logger=False if bare else trackers.build(cfg, Path(cfg.paths.output_dir)), enable_progress_bar=not bare,
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=datamodule)

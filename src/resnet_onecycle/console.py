@@ -24,7 +24,8 @@ def quiet_console() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropNoise) for f in logger.filters):
             logger.addFilter(DropNoise())
-    for name in ("onnxscript", "onnx_ir", "httpx"):  # a line per graph pass (export); a line per request (the app)
+    # a line per graph pass (export), per request (the app), per table an MLflow store creates
+    for name in ("onnxscript", "onnx_ir", "httpx", "mlflow", "alembic", "wandb"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Epoch-level metrics are logged whatever the interval: an epoch shorter than it loses nothing.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval", category=Warning)

@@ -46,10 +46,19 @@ def collect(sweep_dir: Path) -> tuple[list[str], list[dict]]:
             "wall_time_s": metrics.get("wall_time_s"),
             "error": (metrics.get("error") or ("" if metrics else "no metrics.json: the job died")).strip().splitlines()[-1:],
             "dir": job.name,
+            "mlflow_run": mlflow_run_of(job),
         })
     keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))  # in command-line order
     swept = [k for k in keys if len({repr(r["overrides"].get(k)) for r in rows}) > 1] or keys
     return swept, rows
+
+
+def mlflow_run_of(job: Path) -> str:
+    """The MLflow run a job logged to (logger=mlflow), or ""."""
+    try:
+        return json.loads((job / "mlflow_run.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def cell(value, digits: int = 4) -> str:
@@ -65,9 +74,11 @@ def metric_cells(row: dict) -> list[str]:
 def write_csv(path: Path, swept: list[str], rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["job", *swept, *COLUMNS, "error"])
+        mlflow = any(r["mlflow_run"] for r in rows)
+        writer.writerow(["job", *swept, *COLUMNS, "error", *(["mlflow_run"] if mlflow else [])])
         for r in rows:
-            writer.writerow([r["job"], *(r["overrides"].get(k) for k in swept), *metric_cells(r), " ".join(r["error"])])
+            writer.writerow([r["job"], *(r["overrides"].get(k) for k in swept), *metric_cells(r), " ".join(r["error"]),
+                             *([r["mlflow_run"]] if mlflow else [])])
 
 
 def write_markdown(path: Path, sweep_dir: Path, swept: list[str], rows: list[dict]) -> None:

@@ -16,7 +16,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_onecycle import compile_cache
+from resnet_onecycle import compile_cache, trackers
 from resnet_onecycle.analysis import Analysis
 from resnet_onecycle.callbacks import Throughput
 from resnet_onecycle.checkpoints import checkpoint_file, checkpoint_problem, given_or_latest, read_checkpoint
@@ -24,16 +24,17 @@ from resnet_onecycle.errors import ConfigError, TrainingInterrupted, check, requ
 from resnet_onecycle.framework import compile_counters
 from resnet_onecycle.lr_find import lr_range_test, pick_max_lr
 from resnet_onecycle.resume import DivergenceError, in_run_order
-from resnet_onecycle.rundir import (
-    check_same_schedule,
-    command_line,
-    resumed_config,
-    run_data_dir,
-    run_dir_of,
-    with_run_config,
-)
+from resnet_onecycle.rundir import check_same_schedule, command_line, resumed_config, run_data_dir, run_dir_of, with_run_config
 from resnet_onecycle.schedule import check_one_cycle
-from resnet_onecycle.summary import final_metrics, first_process, log_hparams, provenance, run_summary, write_metrics
+from resnet_onecycle.summary import (
+    final_metrics,
+    first_process,
+    flat_hparams,
+    log_hparams,
+    provenance,
+    run_summary,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule, loggers = data_and_loggers(cfg)
     found = pick_max_lr(cfg, datamodule, output_dir, loggers) if cfg.model.scheduler.max_lr == "auto" else {}
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
-    analysis = analysis_of(cfg, "Training run report", output_dir / "tensorboard", enabled=cfg.get("test"))
+    analysis = Analysis.of(cfg, "Training run report", output_dir / "tensorboard", enabled=cfg.get("test"))
     callbacks = [*in_run_order(instantiate_group(cfg.get("callbacks"))), analysis]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     start = time.perf_counter()
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict:
                **final_metrics(trainer), **timing, **found,
                **next((c.summary() for c in trainer.callbacks if isinstance(c, Throughput)), {})}
     log_hparams(trainer, cfg, summary)
-    return finish(trainer, analysis, summary, output_dir, start)
+    return finish(trainer, analysis, summary, cfg, start)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -74,7 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule, loggers = data_and_loggers(cfg)
     classifier = Classifier.load(ckpt_path, config=cfg)
     module = hydra.utils.instantiate(cfg.model, net=classifier.net)
-    analysis = analysis_of(cfg, f"Evaluation of {ckpt_path}", (run_dir_of(str(ckpt_path)) or output_dir) / "tensorboard",
+    analysis = Analysis.of(cfg, f"Evaluation of {ckpt_path}", (run_dir_of(str(ckpt_path)) or output_dir) / "tensorboard",
                            weights="exponential moving average (the checkpoint's averaged weights)"
                            if classifier.averaged else None)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=[analysis], enable_checkpointing=False)
@@ -85,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict:
                "global_steps": classifier.global_step, "test_images": len(datamodule.splits["test"][1]),
                "tta": classifier.tta, "averaged_weights": classifier.averaged, "data_source": datamodule.source,
                **provenance(cfg)}
-    return finish(trainer, analysis, summary, output_dir, start)
+    return finish(trainer, analysis, summary, cfg, start)
 
 
 def find_lr(cfg: DictConfig) -> dict:
@@ -95,6 +96,7 @@ def find_lr(cfg: DictConfig) -> dict:
     result = lr_range_test(cfg, datamodule, output_dir, loggers)
     for logger in loggers:
         logger.save()
+    trackers.finish(loggers, flat_hparams(cfg), provenance(cfg), output_dir)
     print(f"Suggested max LR ({result['method']}): model.scheduler.max_lr={result['suggested_max_lr']:.4g}")
     print(f"Plot: {output_dir / 'lr_find.png'}")
     return result
@@ -213,14 +215,7 @@ def data_and_loggers(cfg: DictConfig) -> tuple[L.LightningDataModule, list]:
     """Seeded, the DataModule (it checks its source before anything is read) and the loggers."""
     check("seed", cfg.seed, low=0)
     L.seed_everything(cfg.seed, workers=True)
-    return hydra.utils.instantiate(cfg.data), instantiate_group(cfg.get("logger"))
-
-
-def analysis_of(cfg: DictConfig, title: str, events_dir: Path, weights: str | None = None,
-                enabled: bool = True) -> Analysis:
-    settings = cfg.analysis
-    return Analysis(cfg.paths.output_dir, misclassified=settings.misclassified, gradcam_layer=settings.gradcam_layer,
-                    title=title, events_dir=events_dir, weights=weights, enabled=bool(settings.enabled and enabled))
+    return hydra.utils.instantiate(cfg.data), trackers.build(cfg, Path(cfg.paths.output_dir))
 
 
 def test(trainer: L.Trainer, module, datamodule, test_ckpt: str) -> None:
@@ -233,8 +228,10 @@ def test(trainer: L.Trainer, module, datamodule, test_ckpt: str) -> None:
     trainer.test(module, datamodule=datamodule)
 
 
-def finish(trainer: L.Trainer, analysis: Analysis, summary: dict, output_dir: Path, start: float) -> dict:
-    """metrics.json, on the first process: the summary, the analysis' per-class accuracy, the wall time."""
+def finish(trainer: L.Trainer, analysis: Analysis, summary: dict, cfg: DictConfig, start: float) -> dict:
+    """On the first process: metrics.json (the summary, the analysis' per-class accuracy, the wall
+    time), then the trackers' params, tags and artifacts."""
+    output_dir = Path(cfg.paths.output_dir)
     if analysis.per_class_accuracy is not None:
         summary["per_class_accuracy"] = analysis.per_class_accuracy
     summary["wall_time_s"] = round(time.perf_counter() - start, 2)
@@ -243,4 +240,6 @@ def finish(trainer: L.Trainer, analysis: Analysis, summary: dict, output_dir: Pa
     if trainer.is_global_zero:
         write_metrics(output_dir, summary)
         log.info("%s  wall time %.1f s  -> %s", result, summary["wall_time_s"], output_dir)
+        trackers.finish(trainer.loggers, flat_hparams(cfg), {**provenance(cfg), "device": summary.get("device")},
+                        output_dir, getattr(trainer.checkpoint_callback, "best_model_path", None))
     return summary

@@ -36,6 +36,13 @@ class Analysis(L.Callback):
     in the report what the weights are, where the trainer's callbacks do not (eval.py).
     """
 
+    @classmethod
+    def of(cls, cfg, title: str, events_dir: Path, weights: str | None = None, enabled: bool = True) -> Analysis:
+        """As a run's config (`analysis.*`) asks, into its run dir."""
+        settings = cfg.analysis
+        return cls(cfg.paths.output_dir, misclassified=settings.misclassified, gradcam_layer=settings.gradcam_layer,
+                   title=title, events_dir=events_dir, weights=weights, enabled=bool(settings.enabled and enabled))
+
     def __init__(self, out_dir: str | Path, misclassified: int = 20, gradcam_layer: str = "layer2",
                  title: str = "Run report", events_dir: str | Path | None = None, weights: str | None = None,
                  enabled: bool = True) -> None:
