@@ -94,8 +94,11 @@ def choice(group: str) -> str | None:
 
 
 def answers(name: str, logger, output_dir: Path) -> bool:
-    """Whether the tracker takes writes: its run is made now, not at the first step. An MLflow run's
+    """Whether the tracker takes writes: a remote one's (MLflow, W&B) run is made now, not at the first
+    step; local writers (TensorBoard, CSV) make their files when they first write. An MLflow run's
     id is kept in the run dir for a resume."""
+    if type(logger).__name__ not in EXTRAS:
+        return True
     try:
         logger.experiment  # noqa: B018 - makes the run (MLflow, W&B) or the writer
         run_id = getattr(logger, "run_id", None)
