@@ -177,3 +177,68 @@ def test_a_refused_run_leaves_no_dir_and_a_crash_says_so_in_metrics_and_the_log(
     log = (run_dir / "train.log").read_text()
     assert "the disk went away" in log and "the disk is slow" in log  # the error and the warning
     assert "smaller than the logging interval" not in result.stderr + log
+
+
+def checked_values():
+    """(what to build or run with one bad value, the key=value its error must name), one per checked key."""
+    from omegaconf import OmegaConf
+
+    from resnet_onecycle.app import serve
+    from resnet_onecycle.callbacks import ProgressBar, RunLength, Throughput
+    from resnet_onecycle.classify_files import check_settings
+    from resnet_onecycle.lr_find import run_lr_find
+    from resnet_onecycle.resume import DivergenceGuard
+
+    def app(**bad):
+        settings = {"misclassified": 20, "delete_uploads_after_s": 3600, "share": False, "analytics": False, **bad}
+        return lambda: serve(None, None, None, None, OmegaConf.create(settings))  # checked before any use
+
+    def range_test(**bad):
+        cfg = OmegaConf.create({"lr_find": {"min_lr": 1e-4, "max_lr": 10.0, "num_training": 100,
+                                            "early_stop_threshold": 4.0, **bad}})
+        return lambda: run_lr_find(cfg, None, "/nowhere")
+
+    return [
+        (lambda: RunLength(after_s=-1), "callbacks.run_length.after_s=-1"),
+        (lambda: ProgressBar(refresh_s="often"), "callbacks.progress_bar.refresh_s='often'"),
+        (lambda: Throughput(peak_flops=0), "callbacks.throughput.peak_flops=0"),
+        (lambda: DivergenceGuard(check_every_n_steps=0), "callbacks.divergence_guard.check_every_n_steps=0"),
+        (app(misclassified=0), "app.misclassified=0"),
+        (app(delete_uploads_after_s=-1), "app.delete_uploads_after_s=-1"),
+        (app(share="yes"), "app.share='yes'"),
+        (app(analytics=1), "app.analytics=1"),
+        (range_test(max_lr=1e-5), "lr_find.max_lr=1e-05"),
+        (range_test(num_training=1), "lr_find.num_training=1"),
+        (range_test(early_stop_threshold=0.5), "lr_find.early_stop_threshold=0.5"),
+        (lambda: check_settings(10, 3, 8, None, 0), "max_pixels=0"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_every_checked_value_is_refused_naming_its_key(index):
+    from resnet_onecycle.errors import ConfigError
+
+    build, named = checked_values()[index]
+    with pytest.raises(ConfigError) as raised:
+        build()
+    assert str(raised.value).startswith(named), (named, str(raised.value))
+
+
+@pytest.mark.parametrize("overwrite, measure_speed, named", [("yes", True, "overwrite='yes'"),
+                                                             (False, "fast", "measure_speed='fast'")])
+def test_export_settings_name_their_key(tmp_path, overwrite, measure_speed, named):
+    pytest.importorskip("onnx")
+    from resnet_onecycle.errors import ConfigError
+    from resnet_onecycle.onnx_export import export_checked
+
+    with pytest.raises(ConfigError, match=named):
+        export_checked(None, None, tmp_path, 18, 1e-5, measure_speed, None, overwrite)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+def test_a_cuda_device_without_a_gpu_says_so():
+    from resnet_onecycle.errors import ConfigError
+    from resnet_onecycle.inference import device_of
+
+    with pytest.raises(ConfigError, match=r"device='cuda': no CUDA GPU is visible here; use device=cpu"):
+        device_of("cuda")

@@ -160,7 +160,7 @@ def test_a_value_that_needs_quotes_is_shown_quoted(args, words):
     problem = command_line_error("predict", args)
     for word in words:
         assert word in problem, (word, problem)
-    assert command_line_error("predict", ['inputs=my photo (1).jpg'.replace("my photo (1).jpg", '"my photo (1).jpg"')]) is None
+    assert command_line_error("predict", ['inputs="my photo (1).jpg"']) is None  # the quoted form passes
 
 
 def test_the_quoted_form_is_what_hydra_reads(tmp_path):

@@ -22,6 +22,13 @@ def debug_run(tmp_path, *overrides):
     return train(cfg), tmp_path / "run"
 
 
+def checkpoints_in(client, run_id) -> list[str]:
+    """The .ckpt files among a run's artifacts, one folder deep (Lightning logs each under its own)."""
+    top = client.list_artifacts(run_id)
+    return [f.path for d in top if d.is_dir for f in client.list_artifacts(run_id, d.path) if f.path.endswith(".ckpt")] \
+        + [a.path for a in top if a.path.endswith(".ckpt")]
+
+
 def store(tmp_path):
     return mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow.db'}")
 
@@ -56,7 +63,7 @@ def test_mlflow_holds_the_runs_params_metrics_tags_and_files(tmp_path):
     files = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"curves.png", "misclassified.png", "gradcam.png", "confusion_matrix.png", "report.md", "metrics.json"} <= files
     assert [a.path for a in client.list_artifacts(found.info.run_id, "hydra")] == ["hydra/config.yaml"]
-    assert not any(p.endswith(".ckpt") for p in files)  # the checkpoint only with logger.mlflow.log_model=true
+    assert not checkpoints_in(client, found.info.run_id)  # the checkpoint only with logger.mlflow.log_model=true
 
 
 @pytest.mark.slow
@@ -74,7 +81,7 @@ def test_a_resumed_run_continues_its_own_mlflow_run(tmp_path):
     (found,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert found.info.run_id == first and found.info.status == "FINISHED"
     assert len(client.get_metric_history(first, "lr-SGD")) == 24  # the steps before the stop and after, in one run
-    assert [a.path for a in client.list_artifacts(first, "checkpoints")]  # log_model=true: the checkpoint too
+    assert checkpoints_in(client, first)  # log_model=true: the checkpoints too
 
 
 def test_an_unreachable_server_is_a_warning_and_the_run_completes(tmp_path, caplog):

@@ -51,7 +51,7 @@ def check(key: str, value, kind: type = int, *, low: float | None = None, above:
         return
     if choices is not None:
         choices = tuple(choices)
-        if value not in choices:
+        if not any(value == c and type(value) is type(c) for c in choices):  # 1 is no True, nor "1" a 1
             raise ConfigError(f"{key}={value!r}: use {', '.join(map(str, choices))}{'; ' + fix if fix else ''}.")
         return
     number = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)

@@ -240,6 +240,5 @@ def finish(trainer: L.Trainer, analysis: Analysis, summary: dict, cfg: DictConfi
     if trainer.is_global_zero:
         write_metrics(output_dir, summary)
         log.info("%s  wall time %.1f s  -> %s", result, summary["wall_time_s"], output_dir)
-        trackers.finish(trainer.loggers, flat_hparams(cfg), {**provenance(cfg), "device": summary.get("device")},
-                        output_dir, getattr(trainer.checkpoint_callback, "best_model_path", None))
+        trackers.finish(trainer.loggers, flat_hparams(cfg), {**provenance(cfg), "device": summary.get("device")}, output_dir)
     return summary

@@ -114,7 +114,7 @@ def answers(name: str, logger, output_dir: Path) -> bool:
     return True
 
 
-def finish(loggers: list, params: dict, tags: dict, output_dir: Path, checkpoint: str | None = None) -> None:
+def finish(loggers: list, params: dict, tags: dict, output_dir: Path) -> None:
     """At a run's end: params and tags, and its files as artifacts, in each MLflow run (and the
     params in a CSV logger's hparams.yaml). A failure is a warning: the run's own files are there."""
     for logger in loggers:
@@ -124,14 +124,15 @@ def finish(loggers: list, params: dict, tags: dict, output_dir: Path, checkpoint
                 logger.log_hyperparams(params)
                 logger.save()
             elif kind == "MLFlowLogger":
-                mlflow_finish(logger, params, tags, Path(output_dir), checkpoint)
+                mlflow_finish(logger, params, tags, Path(output_dir))
             elif kind == "WandbLogger":
                 wandb_finish(logger, {**params, **tags}, Path(output_dir))
         except Exception as error:  # noqa: BLE001 - never lose a finished run to a tracker
             log.warning("logger %s: could not record the run's end (%s); the run dir holds everything.", kind, error)
 
 
-def mlflow_finish(logger, params: dict, tags: dict, output_dir: Path, checkpoint: str | None) -> None:
+def mlflow_finish(logger, params: dict, tags: dict, output_dir: Path) -> None:
+    """Params, tags and the run's files; with `log_model=true`, Lightning's own `finalize` adds the checkpoints."""
     client, run_id = logger.experiment, logger.run_id
     logger.log_hyperparams(params)
     for key, value in tags.items():
@@ -139,8 +140,6 @@ def mlflow_finish(logger, params: dict, tags: dict, output_dir: Path, checkpoint
     for name in ARTIFACTS:
         if (output_dir / name).is_file():
             client.log_artifact(run_id, str(output_dir / name), artifact_path=str(Path(name).parent).strip("."))
-    if checkpoint and logger._log_model:
-        client.log_artifact(run_id, checkpoint, artifact_path="checkpoints")
     logger.finalize("success")
 
 
