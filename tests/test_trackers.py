@@ -182,6 +182,7 @@ def test_a_missing_tracker_package_names_the_extra(tmp_path, monkeypatch):
             raise InstantiationException("Error in call to target 'MLFlowLogger'") from error
 
     monkeypatch.setattr(trackers.hydra.utils, "instantiate", without_mlflow)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # and its import fails, as where it is not installed
     cfg = compose_train(["logger=[mlflow]"], tmp_path)
     with pytest.raises(ConfigError, match=r"logger=mlflow needs the `mlflow` extra .*pip install -e '\.\[mlflow\]'"):
         trackers.build(cfg, tmp_path / "run")

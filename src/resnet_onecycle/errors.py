@@ -65,7 +65,7 @@ def check(key: str, value, kind: type = int, *, low: float | None = None, above:
                       f"{' ' + what if what else ''}{' (or null)' if optional else ''}{'; ' + fix if fix else ''}.")
 
 
-def require_extra(extra: str, *modules: str) -> None:
+def require_extra(extra: str, *modules: str, what: str = "this command") -> None:
     """An optional extra's packages, or a one-line error naming the install command, before any work."""
     import importlib
 
@@ -73,5 +73,5 @@ def require_extra(extra: str, *modules: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ConfigError(f"this command needs the `{extra}` extra ({module} is not installed): "
+            raise ConfigError(f"{what} needs the `{extra}` extra ({module} is not installed): "
                               f"pip install -e '.[{extra}]'.") from error

@@ -18,7 +18,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
-from resnet_onecycle.errors import ConfigError
+from resnet_onecycle.errors import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +38,21 @@ def build(cfg: DictConfig, output_dir: Path) -> list:
             continue
         target = str(entry._target_).rsplit(".", 1)[-1]
         if target == "MLFlowLogger":
-            entry = mlflow_entry(entry, output_dir, cfg)
+            entry = mlflow_entry(entry, output_dir)
         elif target == "WandbLogger":
             entry = wandb_entry(entry, output_dir)
         try:
             logger = hydra.utils.instantiate(entry)
         except Exception as error:  # noqa: BLE001 - a missing package is the user's to install
             if target in EXTRAS and isinstance(error.__cause__ or error, ImportError):
-                extra, module = EXTRAS[target]
-                raise ConfigError(f"logger={name} needs the `{extra}` extra ({module} is not installed): "
-                                  f"pip install -e '.[{extra}]'.") from error
+                require_extra(*EXTRAS[target], what=f"logger={name}")
             raise
         if answers(name, logger, output_dir):
             loggers.append(logger)
     return loggers
 
 
-def mlflow_entry(entry: DictConfig, output_dir: Path, cfg: DictConfig) -> DictConfig:
+def mlflow_entry(entry: DictConfig, output_dir: Path) -> DictConfig:
     """The MLflow logger's config for this run: the run id a resumed run had, a sweep's parent run,
     the run dir's name as the run's, a local store's file artifacts as a URI, fast failure."""
     entry = entry.copy()
