@@ -3,9 +3,10 @@
 (a) project: `resnet_onecycle.tasks.train`, what `src/train.py` runs (Trainer.fit with the real
     DataModule, module and callbacks, then the test), pictures off;
 (b) plain:   a hand-written PyTorch loop of the same recipe (throughput.py's loop: the same uint8
-    tensors, batched augmentation, net, SGD + OneCycleLR, label smoothing), validating every
-    epoch as the project does, with `torch.optim.swa_utils`' EMA where the recipe has
-    `callbacks.ema`, and the recipe's test-time augmentation at the test.
+    tensors, batched augmentation, net, SGD + OneCycleLR, label smoothing, the BN settings),
+    validating every epoch as the project does, with `torch.optim.swa_utils`' EMA where the recipe
+    has `callbacks.ema`, the project's lookahead where it has `callbacks.lookahead`, and the
+    recipe's test-time augmentation at the test.
 
 The two clocks cover the same work: every training step and every epoch's validation.
 - project: `fit_time_s` of metrics.json, the wall time of `Trainer.fit` less the data's one-off
@@ -23,6 +24,7 @@ path, and their mean and standard deviation.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import sys
@@ -37,8 +39,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from resnet_onecycle.callbacks import Lookahead
 from resnet_onecycle.data.augment import normalize
-from resnet_onecycle.models import FlipAveraged
+from resnet_onecycle.models import with_tta
 from resnet_onecycle.tasks import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +51,7 @@ from throughput import CONFIGS, host_cpu, plain, report, sync  # noqa: E402
 @torch.no_grad()
 def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, device: torch.device) -> float:
     """Top-1 accuracy in eval mode, with the recipe's TTA, precision and memory format."""
-    net = FlipAveraged(net) if cfg.model.tta == "flip" else net
+    net = with_tta(net, cfg.model.tta)
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
@@ -76,11 +79,21 @@ def plain_run(cfg, device: torch.device) -> dict:
     evaluated = net if ema is None else ema.module
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    lookahead = instantiate(cfg.callbacks.lookahead) if (cfg.get("callbacks") or {}).get("lookahead") else None
+    if lookahead is not None:
+        lookahead.average = [t.detach().clone() for t in Lookahead.tensors(net)]
+    total = cfg.trainer.max_epochs * math.ceil(len(datamodule.splits["train"][1]) / cfg.data.batch_size)
+
+    def after_step(step: int) -> None:
+        if ema is not None:
+            ema.update_parameters(net)
+        if lookahead is not None:
+            lookahead.after_step(Lookahead.tensors(net), step + 1, total)
+
     val_accuracy = []
     sync(device)
     start = time.perf_counter()
-    plain(cfg, cfg.trainer.max_epochs, device, net=net,
-          after_step=(lambda step: ema.update_parameters(net)) if ema is not None else (lambda step: None),
+    plain(cfg, cfg.trainer.max_epochs, device, net=net, after_step=after_step,
           after_epoch=lambda epoch: val_accuracy.append(accuracy(evaluated, *datamodule.splits["val"], cfg, device)))
     sync(device)
     fit_time = time.perf_counter() - start

@@ -51,7 +51,7 @@ from resnet_onecycle import trackers
 from resnet_onecycle.data.augment import augment
 from resnet_onecycle.data.cifar10 import Batches
 from resnet_onecycle.framework import compile_counters
-from resnet_onecycle.module import MixedResNetModule, compiled
+from resnet_onecycle.module import MixedResNetModule, compiled, freeze_bn_scales, parameter_groups
 from resnet_onecycle.tasks import instantiate_group
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -117,14 +117,18 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     images, labels = (t.to(device) for t in datamodule.splits["train"])
-    batches = Batches(images, labels, cfg.data.batch_size, shuffle=True, seed=cfg.seed)
+    batches = Batches(images, labels, cfg.data.batch_size, shuffle=True, seed=cfg.seed,
+                      alternate_flip=cfg.data.flip == "alternate")
     net = (net if net is not None else instantiate(cfg.model.net)).to(device)
+    if cfg.model.get("freeze_bn_weights"):
+        freeze_bn_scales(net)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     if cfg.model.compile:  # from a clean compiler state, as the project's module compiles (its setup)
         torch.compiler.reset()
     forward = compiled(net, cfg.model.compile, device.type) if cfg.model.compile else net
-    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    groups = parameter_groups(net, cfg.model.get("bn_bias_lr_scale", 1), cfg.model.optimizer.weight_decay)
+    optimizer = instantiate(cfg.model.optimizer)(params=groups)
     scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=epochs * len(batches), steps_per_epoch=len(batches))
     precision = str(cfg.trainer.precision)
     # As Lightning's bf16-mixed does it (no cast cache): the same math, and a compiled net's guards
@@ -136,9 +140,10 @@ def plain(cfg, epochs: int, device: torch.device, after_step=lambda step: None,
     for epoch in range(epochs):
         sync(device)
         start = time.perf_counter()
-        for x, y in batches:
+        batches.set_epoch(epoch)
+        for x, y, *flipped in batches:
             with phase("augment"):
-                x = augment(x, d.crop_padding, d.flip, d.cutout_size, d.padding_mode)
+                x = augment(x, d.crop_padding, d.flip is True, d.cutout_size, d.padding_mode, *flipped)
             with phase("forward"), autocast:
                 loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y, label_smoothing=smoothing)
             with phase("backward"):

@@ -206,33 +206,33 @@ def test_gpu_recipes_picks_by_held_out_accuracy_and_cuts_epochs_to_the_fit_targe
     assert "| fast_best | experiment=fast_best | 20 | 93.50% ± 0.71 | 93.00%, 94.00% | 14.2 s (14.3 s) |" in markdown
 
 
-def test_gpu_recipes_runs_its_stages_in_order_and_the_cut_fast_best_over_every_seed(tmp_path, monkeypatch):
+def test_gpu_recipes_frontier_plan_picks_then_runs_fast_best_whole_and_fast_15s_cut_to_the_target(tmp_path, monkeypatch):
     g, calls = gpu_recipes(), []
+    winner = list(g.CANDIDATES)[-1]
 
-    def train(stages, name, *overrides):  # a run whose fit is 2 s plus 0.7 s an epoch
+    def train(stages, name, *overrides):  # a run whose fit is 2 s plus 1 s an epoch; fast_15s's YAML has 13
         calls.append(name)
-        epochs = int(next(o.split("=")[1] for o in overrides if o.startswith("trainer.max_epochs=")))
-        return {"status": "completed", "epochs": epochs, "val/acc": 0.95 if "max_lr_0.8" in name else 0.93,
-                "test/acc": 0.94, "fit_time_s": 2 + 0.7 * epochs, "epoch_time_s_median": 0.7, "device": "GPU", "torch": "t",
+        epochs = int(next((o.split("=")[1] for o in overrides if o.startswith("trainer.max_epochs=")), 13))
+        return {"status": "completed", "epochs": epochs, "val/acc": 0.95 if winner in name else 0.93,
+                "test/acc": 0.94, "fit_time_s": 2 + epochs, "epoch_time_s_median": 1.0, "device": "GPU", "torch": "t",
                 "overrides": list(overrides)}
 
     monkeypatch.setattr(g.Stages, "train", train)
     monkeypatch.setattr(g.Stages, "warm_cache", lambda stages: None)
-    monkeypatch.setattr(g, "accuracy_benchmark", lambda stages, result: calls.append("accuracy_fast"))
-    monkeypatch.setattr(sys, "argv", ["gpu_recipes.py", "--plan", "recipes", "--out", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["gpu_recipes.py", "--plan", "frontier", "--out", str(tmp_path)])
     with redirect_stdout(io.StringIO()):
         g.main()
-    # 18.8 s at 24 epochs: 4.25 s over 97% of 15 s is 7 epochs of 0.7 s
-    assert calls == [*(f"held_out_{name}" for name in g.CANDIDATES), "fast_best_seed0",
-                     *(f"fast_best_17ep_seed{s}" for s in range(3)), *(f"fast_seed{s}" for s in range(3)),
-                     "accuracy_fast", "fast_best_compiled_seed0"]
+    # fast_15s: 15 s at 13 epochs is 0.45 s over 97% of 15 s: one epoch of 1 s cut
+    assert calls == [*(f"held_out_{name}" for name in g.CANDIDATES), *(f"fast_best_seed{s}" for s in range(3)),
+                     "fast_15s_seed0", *(f"fast_15s_12ep_seed{s}" for s in range(3)), *(f"fast_seed{s}" for s in range(3))]
     result = json.loads((tmp_path / "summary.json").read_text())
-    assert result["chosen"] == "max_lr_0.8" and result["fast_best_epochs"] == 17
-    assert result["fast_best"]["overrides"] == ["experiment=fast_best", "model.scheduler.max_lr=0.8",
-                                                "trainer.max_epochs=17", "model.scheduler.peak_epoch=4"]
-    assert result["fast_best"]["runs"] == 3 and result["fast_best"]["fit_time_s_max"] == pytest.approx(13.9)
-    assert result["fast_best_at_full_length"]["epochs"] == 24 and result["fast"]["runs"] == 3
-    assert "| max_lr_0.8 (chosen) |" in (tmp_path / "summary.md").read_text()
+    assert result["chosen"] == winner
+    assert result["fast_best"]["overrides"] == ["experiment=fast_best", *g.CANDIDATES[winner], *g.schedule(24)]
+    assert result["fast_best"]["runs"] == 3 and result["fast_best"]["epochs"] == 24
+    assert result["fast_15s"]["overrides"] == ["experiment=fast_15s", *g.CANDIDATES[winner], *g.schedule(12)]
+    assert result["fast_15s"]["runs"] == 3 and result["fast_15s"]["fit_time_s_max"] == 14
+    assert result["fast_15s_over_target"]["epochs"] == 13 and result["fast"]["runs"] == 3
+    assert f"| {winner} (chosen) |" in (tmp_path / "summary.md").read_text()
 
 
 def test_gpu_recipes_fit_plan_compiles_cold_then_warm_and_compares_with_eager(tmp_path, monkeypatch):

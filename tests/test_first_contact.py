@@ -38,7 +38,7 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> None:
     ("train", ["-m", "model.scheduler.max_lr=0.01,0.02", "data.batchsize=3"], ["did you mean data.batch_size?"]),
     ("train", ["+model.scheduler.max_lrr=0.05"], ["takes no argument 'max_lrr'", "did you mean model.scheduler.max_lr?"]),
     ("train", ["trainer=gpux"], ["trainer=gpux: no such option in trainer", "cpu, ddp, default, gpu"]),
-    ("train", ["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_best, original"]),
+    ("train", ["experiment=fastest"], ["choose one of: cpu_fast, cpu_quick, fast, fast_15s, fast_best, original"]),
     ("train", ["data.batch_size"], ["write key=value"]),
     ("eval", ["ckpt_path=x.ckpt", "model.net.widht=0.25"], ["did you mean model.net.width?"]),
     ("find_lr", ["lr_find.maxlr=5"], ["did you mean lr_find.max_lr?"]),

@@ -85,7 +85,9 @@ def test_seed_recipe_keeps_its_lr_trajectory_and_size(tmp_path):
     assert lrs[-1] == pytest.approx(0.002, rel=1e-3)
     cfg = compose_train(["experiment=original"], tmp_path)
     assert cfg.model.net.logit_scale == 1.0 and cfg.model.label_smoothing == 0.0 and cfg.model.tta == "none"
-    assert cfg.callbacks.get("ema") is None
+    assert cfg.callbacks.get("ema") is None and cfg.callbacks.get("lookahead") is None
+    assert cfg.data.flip is True and cfg.data.crop_padding == 4 and cfg.data.cutout_size == 8  # no trick is on
+    assert not cfg.model.freeze_bn_weights and cfg.model.bn_bias_lr_scale == 1
     assert sum(p.numel() for p in instantiate(cfg.model.net).parameters()) == 6_573_130
 
 
@@ -98,7 +100,7 @@ def test_fast_recipe_runs_from_near_zero_to_0_4_and_back_to_zero(tmp_path):
     assert cfg.model.net.logit_scale == 0.125 and cfg.model.optimizer.nesterov
 
 
-@pytest.mark.parametrize("recipe", ["fast", "fast_best", "cpu_fast"])
+@pytest.mark.parametrize("recipe", ["original", "cpu_quick", "cpu_fast", "fast", "fast_best", "fast_15s"])
 def test_named_recipes_compose_and_run(tmp_path, image_tree, recipe):
     cfg = compose_train([f"experiment={recipe}", "debug=fast", f"data.source={image_tree}",
                          f"paths.data_dir={tmp_path / 'cache'}", "data.subset=null", "data.test_subset=null",

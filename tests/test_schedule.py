@@ -111,7 +111,7 @@ def test_learning_rates_logs_every_group_and_the_momentum_or_first_beta():
     from resnet_onecycle.callbacks import LearningRates
 
     w = [torch.zeros(1, requires_grad=True) for _ in range(3)]
-    sgd = torch.optim.SGD([{"params": [w[0]], "lr": 0.1}, {"params": [w[1]], "lr": 0.2}], momentum=0.9)
+    sgd = torch.optim.SGD([{"params": [w[0]], "lr": 0.1}, {"params": [w[1]], "lr": 0.2, "name": "bn_biases"}], momentum=0.9)
     adam = torch.optim.AdamW([w[2]], lr=0.3, betas=(0.8, 0.99))
     logged = []
     logger = SimpleNamespace(log_metrics=lambda stats, step: logged.append((step, stats)))
@@ -120,5 +120,5 @@ def test_learning_rates_logs_every_group_and_the_momentum_or_first_beta():
     assert logged == []  # step 8: not a logging step
     trainer.global_step = 9
     LearningRates().on_train_batch_start(trainer, None, None, 0)
-    assert logged == [(9, {"lr-SGD/pg1": 0.1, "lr-SGD/pg1-momentum": 0.9, "lr-SGD/pg2": 0.2,
-                           "lr-SGD/pg2-momentum": 0.9, "lr-AdamW": 0.3, "lr-AdamW-momentum": 0.8})]
+    assert logged == [(9, {"lr-SGD/pg1": 0.1, "lr-SGD/pg1-momentum": 0.9, "lr-SGD/bn_biases": 0.2,
+                           "lr-SGD/bn_biases-momentum": 0.9, "lr-AdamW": 0.3, "lr-AdamW-momentum": 0.8})]

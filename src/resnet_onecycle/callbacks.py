@@ -1,5 +1,5 @@
 """Training callbacks that are not resume (see resume.py): the LR log, throughput, weight
-averaging, the last.ckpt schedule and the checkpoint writer."""
+averaging, lookahead, the last.ckpt schedule and the checkpoint writer."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class LearningRates(L.Callback):
             name = f"lr-{type(optimizer).__name__}"
             groups = optimizer.param_groups
             for i, group in enumerate(groups):
-                key = name if len(groups) == 1 else f"{name}/pg{i + 1}"
+                key = name if len(groups) == 1 else f"{name}/{group.get('name', f'pg{i + 1}')}"  # as Lightning names them
                 stats[key] = group["lr"]
                 momentum = group["betas"][0] if "betas" in group else group.get("momentum")
                 if momentum is not None:
@@ -192,6 +192,58 @@ class WeightAveraging(EMAWeightAveraging):
     def setup(self, trainer, pl_module, stage: str) -> None:
         keep_average_on(self, trainer.strategy.root_device)
         super().setup(trainer, pl_module, stage)
+
+
+class Lookahead(L.Callback):
+    """airbench's lookahead: every `every_n_steps` steps an average of the weights (and BN statistics)
+    moves toward them by 1 - d and the weights are set to it, with d = decay**every_n_steps *
+    (step / total steps)**power, so it is 0 at the start (the weights move freely) and grows as the
+    LR falls. The last step sets the weights to the average, before the last validation and
+    checkpoint. The average travels in checkpoints, so a resume continues it."""
+
+    def __init__(self, decay: float = 0.95, every_n_steps: int = 5, power: float = 3.0) -> None:
+        check("callbacks.lookahead.decay", decay, float, low=0, below=1, fix="airbench uses 0.95")
+        check("callbacks.lookahead.every_n_steps", every_n_steps, low=1)
+        check("callbacks.lookahead.power", power, float, low=0)
+        self.decay, self.every_n_steps, self.power = float(decay), every_n_steps, float(power)
+        self.average: list[torch.Tensor] | None = None
+        self.last_step = -1
+
+    @staticmethod
+    def tensors(net: torch.nn.Module) -> list[torch.Tensor]:
+        """What is averaged: the weights and BN statistics (not the BN step count)."""
+        return [t for t in net.state_dict().values() if t.is_floating_point()]
+
+    def on_train_start(self, trainer, module) -> None:
+        tensors = self.tensors(module.net)
+        if self.average is None:
+            self.average = [t.detach().clone() for t in tensors]
+        else:  # restored from a checkpoint, on the host
+            self.average = [a.to(t.device) for a, t in zip(self.average, tensors)]
+
+    @torch.no_grad()
+    def pull(self, tensors: list[torch.Tensor], d: float) -> None:
+        """average += (1 - d) (weights - average); weights = average. Two multi-tensor kernels on a GPU."""
+        torch._foreach_lerp_(self.average, tensors, 1 - d)
+        torch._foreach_copy_(tensors, self.average)
+
+    def after_step(self, tensors: list[torch.Tensor], step: int, total: int) -> None:
+        """After optimizer step `step` (1-based) of `total`."""
+        if step >= total:
+            self.pull(tensors, 1.0)
+        elif step % self.every_n_steps == 0:
+            self.pull(tensors, self.decay ** self.every_n_steps * (step / total) ** self.power)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.last_step:  # not a batch that accumulated gradients without a step
+            self.last_step = trainer.global_step
+            self.after_step(self.tensors(module.net), trainer.global_step, trainer.estimated_stepping_batches)
+
+    def state_dict(self) -> dict:
+        return {"average": self.average}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.average = state_dict["average"]
 
 
 class LastCheckpoint(ModelCheckpoint):

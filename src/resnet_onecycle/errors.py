@@ -52,7 +52,8 @@ def check(key: str, value, kind: type = int, *, low: float | None = None, above:
     if choices is not None:
         choices = tuple(choices)
         if not any(value == c and type(value) is type(c) for c in choices):  # 1 is no True, nor "1" a 1
-            raise ConfigError(f"{key}={value!r}: use {', '.join(map(str, choices))}{'; ' + fix if fix else ''}.")
+            named = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)  # as YAML writes them
+            raise ConfigError(f"{key}={value!r}: use {named}{'; ' + fix if fix else ''}.")
         return
     number = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
     if number and (low is None or value >= low) and (above is None or value > above) \

@@ -14,7 +14,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from resnet_onecycle.compile_cache import guarded
 from resnet_onecycle.errors import ConfigError, check
-from resnet_onecycle.models import TTA_MODES, flip_averaged, with_tta
+from resnet_onecycle.models import TTA_MODES, views_averaged, with_tta
 
 # torch.compile's modes, and `cudagraphs`, its backend of that name: CUDA graphs of the eager
 # kernels, a third of inductor's start-up (benchmarks/RESULTS.md)
@@ -43,6 +43,29 @@ def compiled(fn: Callable, setting: bool | str, device_type: str) -> Callable:
     if mode == "cudagraphs":
         return guarded(torch.compile(fn, backend="cudagraphs", dynamic=False))
     return guarded(torch.compile(fn, mode=mode, dynamic=False))
+
+
+def batch_norms(net: nn.Module) -> list[nn.Module]:
+    return [layer for layer in net.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_bn_scales(net: nn.Module) -> None:
+    """airbench: BN's scales stay 1 (not trained at all) and only its biases learn."""
+    for layer in batch_norms(net):
+        layer.weight.requires_grad_(False)
+
+
+def parameter_groups(net: nn.Module, bn_bias_lr_scale: float, weight_decay: float) -> list[dict]:
+    """The trained parameters; with `bn_bias_lr_scale` s != 1, BN's biases in a second group whose
+    LR is s times the others' and weight decay 1/s of theirs, so that LR x decay stays the same
+    (airbench, hlb-CIFAR10). The one-cycle schedule scales each group's LR by its `lr_scale`."""
+    trained = [p for p in net.parameters() if p.requires_grad]
+    if bn_bias_lr_scale == 1:
+        return [{"params": trained}]
+    biases = {id(layer.bias) for layer in batch_norms(net)}
+    return [{"params": [p for p in trained if id(p) not in biases], "name": "weights"},
+            {"params": [p for p in trained if id(p) in biases], "name": "bn_biases", "lr_scale": bn_bias_lr_scale,
+             "weight_decay": weight_decay / bn_bias_lr_scale}]
 
 
 class EpochStats(Metric):
@@ -88,16 +111,23 @@ class MixedResNetModule(L.LightningModule):
         compile: bool | str = False,
         label_smoothing: float = 0.0,
         tta: str = "none",
+        freeze_bn_weights: bool = False,
+        bn_bias_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         compile_mode(compile)
         check("model.label_smoothing", label_smoothing, float, low=0, below=1, fix="e.g. 0.2 (0: off)")
-        check("model.tta", tta, choices=TTA_MODES, fix="flip averages each image's logits with its mirror's")
+        check("model.tta", tta, choices=TTA_MODES,
+              fix="flip averages each image's logits with its mirror's; multi adds 1-pixel shifts (6 views)")
+        check("model.freeze_bn_weights", freeze_bn_weights, choices=(False, True))
+        check("model.bn_bias_lr_scale", bn_bias_lr_scale, float, above=0, fix="1: the LR of the other weights; airbench: 64")
         # Only plain values go into checkpoints (the partials stay out), so they load with weights_only.
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.label_smoothing, self.flip_tta = float(label_smoothing), tta == "flip"
+        self.label_smoothing, self.tta = float(label_smoothing), tta
         self.net = net
+        if freeze_bn_weights:
+            freeze_bn_scales(net)
         self.example_input_array = torch.zeros(2, 3, 32, 32)
         self.stats = nn.ModuleDict({f"{stage}_stats": EpochStats() for stage in ("train", "val", "test")})
         self.val_acc_best = MaxMetric()
@@ -133,10 +163,9 @@ class MixedResNetModule(L.LightningModule):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """What the steps classify with: the compiled net with `model.compile` on, else the plain one;
-        outside training with `model.tta=flip`, averaged with the mirror image's logits."""
+        outside training, averaged over the views `model.tta` names."""
         net = self.compiled_net or self.net
-        images = self.memory_format(images)
-        return flip_averaged(net, images) if self.flip_tta and not self.training else net(images)
+        return views_averaged(net, self.memory_format(images), "none" if self.training else self.tta)
 
     @property
     def classifier(self) -> nn.Module:
@@ -206,8 +235,12 @@ class MixedResNetModule(L.LightningModule):
 
     # --- optimizer and schedule ------------------------------------------------------------------
 
+    def parameter_groups(self) -> list[dict]:
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        return parameter_groups(self.net, self.hparams.bn_bias_lr_scale, weight_decay)
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.range_test:  # Lightning's LR range test brings its own scheduler
             return optimizer
         trainer = self.trainer

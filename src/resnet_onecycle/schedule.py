@@ -42,7 +42,7 @@ def one_cycle(
     pct_start = peak_epoch * steps_per_epoch / total_steps
     return OneCycleLR(
         optimizer,
-        max_lr=max_lr,
+        max_lr=[max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups],  # see module.parameter_groups
         total_steps=total_steps,
         pct_start=pct_start,
         anneal_strategy=anneal_strategy,

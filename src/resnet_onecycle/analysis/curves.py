@@ -49,7 +49,7 @@ def plot_curves(scalars: dict, val_is_test: bool, schedule: list[float] | None =
         ax.set_title({"loss": "cross-entropy loss", "acc": "accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
-    lrs = list(enumerate(schedule)) if schedule else scalars.get("lr-SGD", [])
+    lrs = list(enumerate(schedule)) if schedule else learning_rates(scalars)
     # the LR of step s is drawn at the end of that step, so epoch k's steps end at x = k
     axes[2].plot([(s + 1) / steps_per_epoch for s, _ in lrs], [v for _, v in lrs], color="tab:red")
     axes[2].set_xlabel("epoch")
@@ -60,8 +60,13 @@ def plot_curves(scalars: dict, val_is_test: bool, schedule: list[float] | None =
     return fig
 
 
+def learning_rates(scalars: dict) -> list:
+    """The weights' LR: `lr-SGD`, or `lr-SGD/weights` where BN's biases have a group of their own."""
+    return scalars.get("lr-SGD") or scalars.get("lr-SGD/weights", [])
+
+
 def steps_per_epoch_of(scalars: dict) -> int:
     """Epoch k's train/loss is logged at its last step, k * steps_per_epoch - 1."""
     train_steps = [s for s, _ in scalars.get("train/loss", [])]
-    lrs = scalars.get("lr-SGD", [])
+    lrs = learning_rates(scalars)
     return train_steps[0] + 1 if train_steps else (lrs[-1][0] + 1 if lrs else 1)

@@ -10,7 +10,9 @@ import inspect
 
 from lightning.pytorch.callbacks import WeightAveraging
 
+from resnet_onecycle.callbacks import Lookahead
 from resnet_onecycle.files import write_text
+from resnet_onecycle.models import TTA_DESCRIPTIONS
 
 
 def number(value) -> str:
@@ -26,8 +28,17 @@ def arguments(factory) -> dict:
 
 def averaged_weights(trainer) -> str | None:
     averaging = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
+    lookahead = next((c for c in trainer.callbacks if isinstance(c, Lookahead)), None)
     decay = getattr(averaging, "decay", None)
-    return None if averaging is None else "exponential moving average" + (f", decay {decay}" if decay else "")
+    kinds = [None if averaging is None else "exponential moving average" + (f", decay {decay}" if decay else ""),
+             None if lookahead is None else f"lookahead every {lookahead.every_n_steps} steps, decay {lookahead.decay}"]
+    return "; ".join(k for k in kinds if k) or None
+
+
+def batch_norm(hp) -> str:
+    frozen = "; BN scales frozen at 1" if hp.get("freeze_bn_weights") else ""
+    scale = hp.get("bn_bias_lr_scale", 1)
+    return frozen + (f"; BN biases at {number(scale)}x the LR, weight decay / {number(scale)}" if scale != 1 else "")
 
 
 def recipe_rows(trainer, module, weights: str | None = None) -> list[tuple[str, str]]:
@@ -37,7 +48,8 @@ def recipe_rows(trainer, module, weights: str | None = None) -> list[tuple[str, 
     end = sched["end_lr"] if sched["end_lr"] is not None else start
     parameters = sum(p.numel() for p in net.parameters())
     crop = f"random crop after {data.crop_padding}-pixel {data.padding_mode} padding"
-    augment = [crop if data.crop_padding else None, "horizontal flip" if data.flip else None,
+    flip = {True: "horizontal flip", "alternate": "horizontal flip, alternating by epoch"}.get(data.flip)
+    augment = [crop if data.crop_padding else None, flip,
                f"cutout {data.cutout_size}x{data.cutout_size}" if data.cutout_size else None]
     every = trainer.check_val_every_n_epoch or 1
     when = ("every epoch" if every == 1 else "after the last epoch only" if every >= trainer.max_epochs
@@ -45,14 +57,13 @@ def recipe_rows(trainer, module, weights: str | None = None) -> list[tuple[str, 
     return [
         ("model", f"{type(net).__name__}, width {getattr(net, 'width', '?')}, {parameters:,} parameters"),
         ("optimizer", f"SGD, momentum {opt.get('momentum')}, nesterov {opt.get('nesterov')}, "
-                      f"weight decay {opt.get('weight_decay')}"),
+                      f"weight decay {opt.get('weight_decay')}{batch_norm(module.hparams)}"),
         ("LR schedule", f"one-cycle ({sched['anneal_strategy']}): {number(start)} -> {number(sched['max_lr'])} "
                         f"at the end of epoch {sched['peak_epoch']} -> {number(end)}, "
                         f"momentum cycled: {sched['cycle_momentum']}"),
         ("loss", f"cross-entropy on the logits x {number(getattr(net, 'logit_scale', 1.0))}, "
                  f"label smoothing {number(module.hparams.label_smoothing)}"),
-        ("test-time augmentation", "flip: each image's logits averaged with its mirror's"
-         if module.hparams.tta == "flip" else "none"),
+        ("test-time augmentation", TTA_DESCRIPTIONS[module.hparams.tta]),
         ("weights", weights or averaged_weights(trainer) or "as trained (no averaging)"),
         ("batch size / epochs", f"{data.batch_size} / {trainer.max_epochs}"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),

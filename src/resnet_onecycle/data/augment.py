@@ -86,14 +86,17 @@ def inside(length: int, start: torch.Tensor, size: int) -> torch.Tensor:
     return table[keys - start]
 
 
-def augment(images: torch.Tensor, crop_padding: int, flip: bool, cutout_size: int, padding_mode: str) -> torch.Tensor:
+def augment(images: torch.Tensor, crop_padding: int, flip: bool, cutout_size: int, padding_mode: str,
+            flipped: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (N, C, H, W) -> normalized float: a random HxW window of the image padded by `crop_padding`
     (`padding_mode`: reflect, replicate, or constant, which pads with zeros after normalizing, the
-    mean), mirrored left-right with probability 1/2 if `flip`, with one `cutout_size` square placed
-    wholly inside the image zeroed (the mean). Output is channels_last."""
+    mean), mirrored left-right with probability 1/2 if `flip`, or where `flipped` (N,) says so, with
+    one `cutout_size` square placed wholly inside the image zeroed (the mean). Output is channels_last.
+    The crop is a translation: every pixel moves by the same (dy, dx), each in [-crop_padding, crop_padding]."""
     n, _, height, width = images.shape
     device = images.device
-    dy, dx, flipped, y0, x0 = draw(n, height, width, crop_padding, flip, cutout_size, device)
+    dy, dx, drawn, y0, x0 = draw(n, height, width, crop_padding, flip and flipped is None, cutout_size, device)
+    flipped = drawn if flipped is None else flipped.view(n, 1)
     # Output pixel (y, x) shows padded pixel (y + dy, x' + dx), x' = width - 1 - x if flipped else x.
     rows = padded_source(height, crop_padding, padding_mode, device)[positions(height, device) + dy]
     cols = padded_source(width, crop_padding, padding_mode, device)[

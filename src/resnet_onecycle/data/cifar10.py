@@ -30,8 +30,12 @@ class Batches:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, alternate_flip: bool = False) -> None:
         self.images, self.labels = images, labels
+        # airbench's alternating flip: each image mirrored or not at random in the first epoch, then the
+        # other way each epoch after; batches carry the flips as a third tensor
+        self.flips = torch.randint(0, 2, (len(labels),), generator=torch.Generator().manual_seed(seed * 100_003 - 1)
+                                   ).to(images.device) if alternate_flip else None
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         # Where Lightning looks for `set_epoch`, as on a DataLoader (whose batch_sampler it reads too).
@@ -60,7 +64,10 @@ class Batches:
         for start in range(self.served * self.batch_size, n, self.batch_size):
             index = order[start:start + self.batch_size][self.rank::self.world_size]
             self.served += 1  # counted before the batch is handed over: a checkpoint after its step includes it
-            yield self.images[index], self.labels[index]
+            if self.flips is None:
+                yield self.images[index], self.labels[index]
+            else:
+                yield self.images[index], self.labels[index], self.flips[index] ^ (self.epoch % 2)
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -82,7 +89,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         crop_padding: int = 4,
         padding_mode: str = "reflect",
-        flip: bool = True,
+        flip: bool | str = True,
         cutout_size: int = 8,
         val_size: int = 0,
         subset: int | None = None,
@@ -98,6 +105,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             check(f"data.{key}", value, low=1, optional=True)
         check("data.cutout_size", cutout_size, below=33, fix="the image is 32x32; 0 turns it off")
         check("data.padding_mode", padding_mode, choices=("reflect", "constant", "replicate"))
+        check("data.flip", flip, choices=(True, False, "alternate"),
+              fix="alternate mirrors each image in every other epoch (airbench)")
         if padding_mode == "reflect":
             check("data.crop_padding", crop_padding, below=32,
                   fix="wider cannot reflect a 32x32 image; or data.padding_mode=constant or replicate")
@@ -169,6 +178,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         batches = Batches(
             images, labels, self.batch_size if train else self.eval_batch_size, shuffle=train, seed=self.hparams.seed,
             rank=trainer.global_rank if trainer is not None else 0, world_size=trainer.world_size if trainer is not None else 1,
+            alternate_flip=train and self.hparams.flip == "alternate",
         )
         if train:
             batches.resume_at, self.resume_at = self.resume_at, None
@@ -199,10 +209,10 @@ class CIFAR10DataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not isinstance(batch, (list, tuple)):
             return batch  # the model's example input (summary, graph), not a dataset batch
-        images, labels = batch
+        images, labels, *flipped = batch
         if self.trainer is not None and self.trainer.training:
             hp = self.hparams
-            return augment(images, hp.crop_padding, hp.flip, hp.cutout_size, hp.padding_mode), labels
+            return augment(images, hp.crop_padding, hp.flip is True, hp.cutout_size, hp.padding_mode, *flipped), labels
         return normalize(images), labels
 
 
