@@ -5,7 +5,8 @@ the same lease (their logs beside it), with the spread over seeds as error bars.
     python benchmarks/frontier.py benchmarks/results/2026-12-04-h200 [more result dirs] --out docs/frontier.png
 
 A recipe is drawn from each summary entry with a `test_acc` over one run or more, labelled by what
-it ran (the experiment, its other overrides, its epochs); a peer from every line
+it ran (the experiment, its other overrides, its epochs; the title names the commit the runs
+record, as a named recipe may change after); a peer from every line
 `peer NAME run I: tta acc A, plain acc B, T s` in a `*.log` of the same dir (its own network and
 recipe, with its own TTA). The points, as drawn, go to a JSON beside the picture.
 """
@@ -61,7 +62,10 @@ def collect(result_dirs: list[Path]) -> tuple[list[dict], str]:
     for result_dir in result_dirs:
         summary = json.loads((result_dir / "summary.json").read_text())
         points += recipes(summary) + peers(result_dir)
-        titles.append(f"{summary.get('device')}, {summary.get('date')}")
+        runs = json.loads((result_dir / "runs.json").read_text()) if (result_dir / "runs.json").is_file() else {}
+        commit = next((str(r["git_commit"]).split()[0] for r in runs.values() if r.get("git_commit")), None)
+        # a recipe's YAML may change later: the commit says which one ran
+        titles.append(f"{summary.get('device')}, {summary.get('date')}" + (f", recipes as of {commit}" if commit else ""))
     return points, "; ".join(dict.fromkeys(titles))
 
 

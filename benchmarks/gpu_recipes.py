@@ -55,15 +55,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_summary import summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# Each a change to experiment=fast_best (fast + flip TTA, validated once at the end); the knobs the
-# CPU proxy could not settle at full width (benchmarks/RESULTS.md, "Recipes").
+# Each a change to experiment=fast_best (fast + label smoothing 0.2 + multi-view TTA, validated once
+# at the end): one trick switched, the likeliest first (CPU proxy ranks: benchmarks/RESULTS.md, "Tricks").
 CANDIDATES = {
     "fast_best": [],
-    "no_tta": ["model.tta=none"],
-    "label_smoothing_0.2": ["model.label_smoothing=0.2"],
-    "ema_0.99": ["callbacks=ema"],
-    "max_lr_0.2": ["model.scheduler.max_lr=0.2"],
-    "max_lr_0.8": ["model.scheduler.max_lr=0.8"],
+    "no_cutout": ["data.cutout_size=0"],
+    "batch_256": ["data.batch_size=256"],
+    "tta_flip": ["model.tta=flip"],
+    "no_label_smoothing": ["model.label_smoothing=0.0"],
+    "alternating_flip": ["data.flip=alternate"],
+    "lookahead": ["callbacks=lookahead"],
+    "bn_frozen_bias_lr_x64": ["model.freeze_bn_weights=true", "model.bn_bias_lr_scale=64"],
+    "batch_1024_lr_0.8": ["data.batch_size=1024", "model.scheduler.max_lr=0.8"],
 }
 PEAK_SHARE = 5 / 24  # fast's LR peaks at the end of epoch 5 of 24
 

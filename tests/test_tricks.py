@@ -190,3 +190,17 @@ def test_the_bn_bias_group_follows_the_one_cycle_at_its_scale(tmp_path, image_tr
 def test_bad_trick_settings_name_the_key(tmp_path, override, key):
     with pytest.raises(Exception, match=key.replace(".", r"\.")):
         module(tmp_path, override)
+
+
+def test_multi_view_tta_exports_to_onnx_and_agrees_with_torch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from types import SimpleNamespace
+
+    from resnet_onecycle import onnx_export
+
+    torch.manual_seed(0)
+    classifier = SimpleNamespace(classify_net=with_tta(MixedResNet(width=0.0625), "multi").eval())
+    onnx_export.export_onnx(classifier, tmp_path / "m.onnx")
+    check = onnx_export.compare(classifier, onnx_export.onnx_session(tmp_path / "m.onnx"),
+                                torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8))
+    assert onnx_export.agrees(check, 1e-5)

@@ -103,13 +103,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             check(f"data.{key}", value, low=low)
         for key, value in (("eval_batch_size", eval_batch_size), ("subset", subset), ("test_subset", test_subset)):
             check(f"data.{key}", value, low=1, optional=True)
-        check("data.cutout_size", cutout_size, below=33, fix="the image is 32x32; 0 turns it off")
-        check("data.padding_mode", padding_mode, choices=("reflect", "constant", "replicate"))
-        check("data.flip", flip, choices=(True, False, "alternate"),
-              fix="alternate mirrors each image in every other epoch (airbench)")
-        if padding_mode == "reflect":
-            check("data.crop_padding", crop_padding, below=32,
-                  fix="wider cannot reflect a 32x32 image; or data.padding_mode=constant or replicate")
+        check_augmentation(crop_padding, padding_mode, flip, cutout_size)
         check_source(str(source))  # before anything is read: a missing source is a one-line error
         self.save_hyperparameters(logger=False)
         self.source, self.data_dir = str(source), str(data_dir)
@@ -214,6 +208,16 @@ class CIFAR10DataModule(L.LightningDataModule):
             hp = self.hparams
             return augment(images, hp.crop_padding, hp.flip is True, hp.cutout_size, hp.padding_mode, *flipped), labels
         return normalize(images), labels
+
+
+def check_augmentation(crop_padding: int, padding_mode: str, flip: bool | str, cutout_size: int) -> None:
+    check("data.cutout_size", cutout_size, below=33, fix="the image is 32x32; 0 turns it off")
+    check("data.padding_mode", padding_mode, choices=("reflect", "constant", "replicate"))
+    check("data.flip", flip, choices=(True, False, "alternate"),
+          fix="alternate mirrors each image in every other epoch (airbench)")
+    if padding_mode == "reflect":
+        check("data.crop_padding", crop_padding, below=32,
+              fix="wider cannot reflect a 32x32 image; or data.padding_mode=constant or replicate")
 
 
 def sample(images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator, key: str):
